@@ -1,0 +1,54 @@
+"""evws: callback-style WebSockets on a selectors loop, after Perl's AnyEvent::WebSocket.
+
+Three layers, each importable alone:
+
+- ``evws.protocol``: RFC 6455 without I/O (bytes in, events and bytes out);
+- ``evws.reactor``: the event loop, condition variables, buffered sockets, TCP;
+- this package's top level: ``Server``, ``Connection``, ``Message``, gluing the two.
+
+Every public name is importable from ``evws`` directly.
+"""
+
+from .connection import Connection
+from .errors import (
+    ConnectionClosed,
+    CroakError,
+    HandshakeError,
+    InvalidUTF8,
+    PayloadTooBig,
+    ProtocolError,
+    RecursiveWaitError,
+    WaitTimeout,
+    WebSocketError,
+)
+from .message import Message
+from .protocol.handshake import Request, Response
+from .reactor.condvar import CondVar
+from .reactor.loop import Loop, get_loop
+from .reactor.tcp import TcpServer, tcp_server
+from .server import Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CondVar",
+    "Connection",
+    "ConnectionClosed",
+    "CroakError",
+    "HandshakeError",
+    "InvalidUTF8",
+    "Loop",
+    "Message",
+    "PayloadTooBig",
+    "ProtocolError",
+    "RecursiveWaitError",
+    "Request",
+    "Response",
+    "Server",
+    "TcpServer",
+    "WaitTimeout",
+    "WebSocketError",
+    "get_loop",
+    "tcp_server",
+    "__version__",
+]

@@ -1,0 +1,108 @@
+"""Every exception evws raises on purpose, in one tree.
+
+::
+
+    WebSocketError
+    ├── HandshakeError        opening handshake refused; carries .status and a ready .response
+    ├── ProtocolError         the peer broke RFC 6455; carries the .close_code to fail with (1002)
+    │   ├── InvalidUTF8       text or close reason is not UTF-8 (1007)
+    │   └── PayloadTooBig     a message exceeds max_payload_size (1009)
+    ├── ConnectionClosed      using a connection after it closed (e.g. send after close)
+    ├── CroakError            what CondVar.croak("message") raises from recv()
+    ├── WaitTimeout           CondVar.recv(timeout=...) ran out of time (also a TimeoutError)
+    └── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
+
+Why one tree: a user who wants "anything evws refused" writes one ``except``;
+each error carries its remedy (an HTTP answer, a close code) so that the code
+which catches it does not have to translate it again.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WebSocketError",
+    "HandshakeError",
+    "ProtocolError",
+    "InvalidUTF8",
+    "PayloadTooBig",
+    "ConnectionClosed",
+    "CroakError",
+    "WaitTimeout",
+    "RecursiveWaitError",
+]
+
+
+class WebSocketError(Exception):
+    """Root of every evws error."""
+
+
+class HandshakeError(WebSocketError):
+    """The opening handshake failed.
+
+    ``status`` is the HTTP status the failure deserves (400 malformed, 403
+    rejected, 426 wrong version, 431 head too large, or, on the client side, the
+    status the server answered). ``response`` holds complete HTTP response bytes
+    that a server may write on the still-open socket (empty on the client side).
+    ``body`` is the response body received by a client, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        response: bytes = b"",
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.response = response
+        self.body = body
+
+
+class ProtocolError(WebSocketError):
+    """The peer violated RFC 6455; the connection fails with ``close_code``."""
+
+    close_code = 1002
+
+    def __init__(self, message: str, close_code: int | None = None) -> None:
+        super().__init__(message)
+        if close_code is not None:
+            self.close_code = close_code
+
+
+class InvalidUTF8(ProtocolError):
+    """A text message or a close reason is not valid UTF-8 (RFC 6455 8.1)."""
+
+    close_code = 1007
+
+
+class PayloadTooBig(ProtocolError):
+    """A message is larger than the configured ``max_payload_size``."""
+
+    close_code = 1009
+
+
+class ConnectionClosed(WebSocketError):
+    """The connection is closed (or closing) and cannot do what was asked."""
+
+    def __init__(self, message: str = "connection is closed", code: int | None = None,
+                 reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class CroakError(WebSocketError):
+    """Raised by ``CondVar.recv()`` when ``croak`` was given a plain message."""
+
+
+class WaitTimeout(WebSocketError, TimeoutError):
+    """``CondVar.recv(timeout=...)`` gave up before the condvar became ready."""
+
+
+class RecursiveWaitError(WebSocketError, RuntimeError):
+    """A blocking ``recv()`` was called from inside a loop callback.
+
+    Waiting there would need the loop that is already running below us; AnyEvent
+    calls this a recursive blocking wait. Use ``cv.cb(...)`` instead.
+    """

@@ -1,0 +1,84 @@
+"""Events emitted by ``WebSocketProtocol`` (drained with ``events_received()``).
+
+They are small frozen value objects so that the API layer can dispatch on the
+type with ``isinstance`` or ``match`` and never share mutable state with the
+parser. ``ConnectionLost`` is always the last event and is emitted exactly once
+per connection, on every path; the API layer hangs its ``finish`` on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "MessageReceived",
+    "PingReceived",
+    "PongReceived",
+    "CloseReceived",
+    "ConnectionFailed",
+    "ConnectionLost",
+]
+
+
+def _short(data: bytes, limit: int = 32) -> str:
+    if len(data) <= limit:
+        return repr(data)
+    return f"{data[:limit]!r}...[{len(data)} bytes]"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A complete TEXT (1) or BINARY (2) message; text is already valid UTF-8."""
+
+    opcode: int
+    payload: bytes
+
+    def __str__(self) -> str:
+        return f"MessageReceived(opcode={self.opcode}, payload={_short(self.payload)})"
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """A Ping arrived; the matching Pong was already queued (unless closing)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """A Pong arrived (solicited or not, RFC 6455 5.5.3)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    """The peer's Close frame arrived; ``code`` is 1005 if it carried none."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFailed:
+    """The peer broke the protocol; we sent Close ``code`` and ended TCP.
+
+    ``error`` is the ``ProtocolError`` (or subclass) that describes what the
+    peer did.
+    """
+
+    code: int
+    reason: str
+    error: Exception
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The connection is finished from the protocol's point of view.
+
+    ``code``/``reason`` are what the peer's Close frame said; 1006 and "" if no
+    Close frame was received (RFC 6455 7.1.5).
+    """
+
+    code: int
+    reason: str

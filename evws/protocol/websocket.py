@@ -1,0 +1,608 @@
+"""The WebSocket connection state machine, without any I/O (RFC 6455 5-7).
+
+``WebSocketProtocol`` is fed with what came from the peer (``receive_data``,
+``receive_eof``) and told what the application wants (``send_*``, ``fail``);
+the caller drains two outputs after each call:
+
+* ``events_received()``: parsed events (see ``events.py``);
+* ``data_to_send()``: byte chunks to write, in order. An empty chunk ``b""``
+  means "end TCP now" (shut down the write side, then close).
+
+plus one question, ``close_expected()``: "should the I/O layer arm its close
+timer?".
+
+The closing rules live here, so that the I/O layer only has to obey:
+
+* we fail the connection (peer error, or ``fail()``): queue a Close frame if
+  none was sent yet, then end TCP at once (7.1.7) -- both sides;
+* the peer's Close arrives first: echo its code (5.5.1); a server then ends
+  TCP (7.1.1: "the server ... SHOULD close the underlying TCP connection
+  first"), a client waits for the server to do so;
+* our Close was answered: the server ends TCP, the client waits for EOF;
+* after a Close was received, further input is discarded (5.5.1: "after
+  sending a Close frame, the endpoint MUST NOT send any more data frames").
+
+``ConnectionLost`` is the last event and comes exactly once: when the server
+ends TCP after the handshake, when we fail, or at EOF, whichever is first.
+
+Buffering, and why it stays linear: the payload of a data frame is consumed
+as it arrives (unmasked, validated and appended to the message's list of
+parts), never kept in the receive buffer. What is left over between calls is at
+most an incomplete header or an incomplete control frame (<= 131 bytes), so
+prepending it to the next input costs a bounded copy, and input trickling in
+one byte at a time costs linear time. The common case -- a whole small frame
+already in the input -- is sliced straight out of the input bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+
+from ..errors import ConnectionClosed, PayloadTooBig, ProtocolError
+from .close import parse_close, serialize_close
+from .events import (
+    CloseReceived,
+    ConnectionFailed,
+    ConnectionLost,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+)
+from .frames import MAX_CONTROL_PAYLOAD, frame_header, parse_header
+from .mask import apply_mask
+from .utf8 import Utf8Validator, validate_utf8
+
+__all__ = [
+    "Side",
+    "SERVER",
+    "CLIENT",
+    "State",
+    "OPEN",
+    "CLOSING",
+    "CLOSED",
+    "WebSocketProtocol",
+]
+
+_log = logging.getLogger("evws.protocol")
+
+
+class Side(enum.IntEnum):
+    """Which end of the connection this is; it decides the masking direction."""
+
+    SERVER = 0
+    CLIENT = 1
+
+
+SERVER = Side.SERVER
+CLIENT = Side.CLIENT
+
+
+class State(enum.IntEnum):
+    """OPEN, then CLOSING while a close handshake or TCP close is awaited,
+    then CLOSED once ``ConnectionLost`` was emitted."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+OPEN = State.OPEN
+CLOSING = State.CLOSING
+CLOSED = State.CLOSED
+
+# Plain ints on the hot path: comparing with IntEnum members is slower.
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0, 1, 2, 8, 9, 10
+_OPNAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
+
+# Outgoing payloads at least this long are queued as a chunk of their own after
+# the header instead of being copied into one chunk with it.
+_SEPARATE_PAYLOAD = 4096
+
+# A close reason must fit in a control frame next to the 2-byte code.
+_MAX_REASON = 123
+
+
+def _clip_reason(reason: str) -> str:
+    data = reason.encode("utf-8")
+    if len(data) <= _MAX_REASON:
+        return reason
+    return data[:_MAX_REASON].decode("utf-8", "ignore")
+
+
+class WebSocketProtocol:
+    """Sans-I/O WebSocket connection after the opening handshake, either side.
+
+    Args:
+        side: ``SERVER`` (expects masked input, sends unmasked) or ``CLIENT``
+            (masks every frame it sends with a fresh key, rejects masked input).
+        max_payload_size: the largest message accepted, counting all of its
+            fragments; a frame header that would exceed it fails the connection
+            with 1009 before its payload is buffered. ``None``: no limit.
+        max_fragments: the most frames one message may use (1009 beyond);
+            ``None``: no limit.
+
+    Attributes:
+        state: ``OPEN``, ``CLOSING`` or ``CLOSED``.
+        close_code: the code received: ``None`` until known, 1005 if the peer's
+            Close frame carried none, 1006 if the connection ended without one.
+        close_reason: the reason received (``None`` until known).
+        close_sent: ``(code, reason)`` of the Close frame we sent, ``None``
+            before that; code is ``None`` if the frame carried no code.
+    """
+
+    # Hook for extensions: the RSV bits (frames.RSV1 etc.) a negotiated
+    # extension gives a meaning to. permessage-deflate sets RSV1 here; with the
+    # default 0 any reserved bit fails the connection (5.2).
+    allowed_rsv_bits: int = 0
+
+    def __init__(
+        self,
+        side: Side | int = SERVER,
+        *,
+        max_payload_size: int | None = 1 << 20,
+        max_fragments: int | None = None,
+    ) -> None:
+        self.side = Side(side)
+        self.max_payload_size = max_payload_size
+        self.max_fragments = max_fragments
+        self.state = OPEN
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.close_sent: tuple[int | None, str] | None = None
+        # 5.1: "a client MUST mask all frames that it sends to the server";
+        # "A server MUST NOT mask any frames that it sends to the client".
+        self._mask_out = self.side == CLIENT
+        self._expect_masked = self.side == SERVER
+        self._debug = _log.isEnabledFor(logging.DEBUG)
+        self._events: list = []
+        self._out: list[bytes] = []
+        self._buf = b""  # an incomplete header or control frame, see module doc
+        self._input_closed = False  # Close received, EOF, or failed: discard input
+        self._eof_sent = False
+        self._lost = False
+        # The data frame whose payload is being received.
+        self._frame_left = 0
+        self._frame_key: bytes | None = None
+        self._frame_keypos = 0
+        self._frame_fin = False
+        # The message being assembled (opcode 0: none).
+        self._msg_opcode = 0
+        self._msg_parts: list[bytes] = []
+        self._msg_size = 0
+        self._msg_frames = 0
+        self._utf8: Utf8Validator | None = None
+        # The opcode of a fragmented message we are sending (0: none).
+        self._send_opcode = 0
+
+    # ------------------------------------------------------------------ output
+
+    def events_received(self) -> list:
+        """Return the events parsed since the last call, and forget them."""
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> list[bytes]:
+        """Return the chunks to write since the last call, and forget them.
+
+        An empty chunk ``b""`` means: end the TCP connection now (after writing
+        what precedes it). Nothing else is ever queued after it.
+        """
+        out, self._out = self._out, []
+        return out
+
+    def close_expected(self) -> bool:
+        """Tell whether we are waiting for the peer to close.
+
+        True while our Close awaits the peer's, or (client side) while the
+        server is expected to close TCP; the I/O layer arms its close timer then
+        and, when it fires, ends the connection (``receive_eof()`` or
+        ``fail()``).
+        """
+        return self.state == CLOSING
+
+    # ------------------------------------------------------------------- input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the peer, split anywhere."""
+        if self._input_closed or not data:
+            return
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        elif type(data) is not bytes:
+            data = bytes(data)
+        try:
+            pos = self._parse(data)
+        except ProtocolError as exc:
+            self._fail(exc.close_code, _clip_reason(str(exc)), exc)
+            return
+        if pos < len(data) and not self._input_closed:
+            self._buf = data[pos:]
+
+    def receive_eof(self) -> None:
+        """The peer closed its side of TCP (or the I/O layer gave up on it).
+
+        Without a Close frame received, the close code becomes 1006 (7.1.5).
+        Ends our side of TCP too and emits ``ConnectionLost``; a no-op if the
+        connection was already finished.
+        """
+        if self._lost:
+            return
+        if self._debug:
+            _log.debug("< EOF")
+        self._input_closed = True
+        self._buf = b""
+        self._end_tcp()
+        self._finish()
+
+    def _parse(self, data: bytes) -> int:
+        """Consume frames from ``data``; return how far it got."""
+        pos = 0
+        end = len(data)
+        events = self._events
+        while pos < end:
+            left = self._frame_left
+            if left:
+                # The rest (or more) of a data frame's payload.
+                take = end - pos
+                if take > left:
+                    take = left
+                chunk = data[pos : pos + take]
+                pos += take
+                key = self._frame_key
+                if key is not None:
+                    off = self._frame_keypos
+                    if off:
+                        key = key[off:] + key[:off]
+                    chunk = apply_mask(chunk, key)
+                    self._frame_keypos = (off + take) & 3
+                self._frame_left = left = left - take
+                self._payload(chunk, left == 0)
+                continue
+
+            header = parse_header(data, pos, self.allowed_rsv_bits)
+            if header is None:
+                break
+            fin, opcode, _rsv, length, key, start = header
+            if (key is None) == self._expect_masked:
+                # 5.1: "The server MUST close the connection upon receiving a
+                # frame that is not masked"; "A client MUST close a connection
+                # if it detects a masked frame."
+                if self._expect_masked:
+                    raise ProtocolError("unmasked frame from a client")
+                raise ProtocolError("masked frame from a server")
+            stop = start + length
+
+            if opcode >= 8:
+                # Control frames may come between fragments (5.4); they are
+                # at most 125 bytes, so wait until one is whole.
+                if stop > end:
+                    break
+                payload = data[start:stop]
+                if key is not None:
+                    payload = apply_mask(payload, key)
+                pos = stop
+                self._control(opcode, payload)
+                if self._input_closed:
+                    return end
+                continue
+
+            # Data frame. 5.4: a continuation needs a message in progress, and
+            # a new message may not start inside another one.
+            if opcode == _CONT:
+                if not self._msg_opcode:
+                    raise ProtocolError("continuation frame without a message")
+                frames = self._msg_frames + 1
+                size = self._msg_size + length
+            else:
+                if self._msg_opcode:
+                    raise ProtocolError("new message inside a fragmented message")
+                frames = 1
+                size = length
+            limit = self.max_payload_size
+            if limit is not None and size > limit:
+                raise PayloadTooBig(f"message over {limit} bytes")
+            if self.max_fragments is not None and frames > self.max_fragments:
+                raise PayloadTooBig(f"message over {self.max_fragments} fragments")
+
+            if fin and opcode and stop <= end:
+                # Fast path: a whole unfragmented message is in the input.
+                payload = data[start:stop]
+                if key is not None:
+                    payload = apply_mask(payload, key)
+                if opcode == _TEXT:
+                    validate_utf8(payload)
+                if self._debug:
+                    _log.debug("< %s %d bytes", _OPNAMES[opcode], length)
+                events.append(MessageReceived(opcode, payload))
+                pos = stop
+                continue
+
+            if self._debug:
+                _log.debug("< %s fin=%d %d bytes", _OPNAMES[opcode], fin, length)
+            if opcode:
+                self._msg_opcode = opcode
+                self._utf8 = Utf8Validator() if opcode == _TEXT else None
+            self._msg_frames = frames
+            self._msg_size = size
+            self._frame_fin = fin
+            self._frame_key = key
+            self._frame_keypos = 0
+            self._frame_left = length
+            pos = start
+            if not length:
+                self._payload(b"", True)
+        return pos
+
+    def _payload(self, chunk: bytes, frame_done: bool) -> None:
+        """Add a piece of the current data frame's payload to the message."""
+        final = frame_done and self._frame_fin
+        if self._utf8 is not None:
+            # 8.1: fail as soon as the text is not UTF-8, even mid-message.
+            self._utf8.feed(chunk, final)
+        if chunk:
+            self._msg_parts.append(chunk)
+        if final:
+            parts = self._msg_parts
+            payload = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._events.append(MessageReceived(self._msg_opcode, payload))
+            self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._msg_opcode = 0
+        self._msg_parts = []
+        self._msg_size = 0
+        self._msg_frames = 0
+        self._utf8 = None
+        self._frame_left = 0
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if self._debug:
+            _log.debug("< %s %r", _OPNAMES[opcode], payload)
+        if opcode == _PING:
+            # 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
+            # frame in response, unless it already received a Close frame";
+            # nothing at all may follow our own Close frame.
+            if self.close_sent is None:
+                self._queue(_PONG, payload)
+            self._events.append(PingReceived(payload))
+        elif opcode == _PONG:
+            self._events.append(PongReceived(payload))
+        else:
+            self._close_received(payload)
+
+    def _close_received(self, payload: bytes) -> None:
+        code, reason = parse_close(payload)  # ProtocolError / InvalidUTF8
+        self.close_code = code
+        self.close_reason = reason
+        self._input_closed = True
+        self._buf = b""
+        self._reset_message()
+        if self.close_sent is None:
+            # 5.5.1: "If an endpoint receives a Close frame and did not
+            # previously send a Close frame, the endpoint MUST send a Close
+            # frame in response. ... typically echos the status code it
+            # received." 1005 means there was none: answer with none.
+            echo = None if code == 1005 else code
+            self._send_close_frame(echo, "")
+        self._events.append(CloseReceived(code, reason))
+        if self.side == SERVER:
+            # 7.1.1: the server closes TCP first once the handshake is done.
+            self._end_tcp()
+            self._finish()
+        else:
+            # 7.1.1: "the client SHOULD wait for the server to close the
+            # connection"; the close timer covers a server that never does.
+            self._set_state(CLOSING)
+
+    # ---------------------------------------------------------------- commands
+
+    def send_text(self, data: str | bytes, fin: bool = True) -> None:
+        """Send a TEXT frame (the first frame of a message if ``fin`` is False).
+
+        ``str`` is encoded as UTF-8; ``bytes`` are sent as given, unchecked.
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            RuntimeError: a fragmented message is still being sent.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self._send_data(_TEXT, data, fin)
+
+    def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> None:
+        """Send a BINARY frame (the first frame of a message if ``fin`` is False).
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            RuntimeError: a fragmented message is still being sent.
+        """
+        self._send_data(_BINARY, data, fin)
+
+    def send_continuation(self, data: str | bytes | bytearray | memoryview, fin: bool) -> None:
+        """Send the next frame of the fragmented message started by ``send_text``
+        or ``send_binary`` with ``fin=False``.
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            RuntimeError: no fragmented message is being sent.
+        """
+        self._check_open()
+        if not self._send_opcode:
+            raise RuntimeError("no fragmented message is being sent")
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if fin:
+            self._send_opcode = 0
+        self._queue(_CONT, data, fin)
+
+    def _send_data(self, opcode: int, data: bytes | bytearray | memoryview, fin: bool) -> None:
+        self._check_open()
+        if self._send_opcode:
+            # 5.4: the fragments of one message may not be interleaved with
+            # another message's frames (control frames excepted).
+            raise RuntimeError("a fragmented message is still being sent")
+        if not fin:
+            self._send_opcode = opcode
+        self._queue(opcode, data, fin)
+
+    def send_message(self, payload: bytes | bytearray | memoryview, opcode: int) -> None:
+        """Send a whole message in one frame, whatever its opcode.
+
+        TEXT and BINARY make a data frame; PING and PONG a control frame; CLOSE
+        starts the closing handshake with the code and reason read from the
+        payload (like ``send_close``).
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            ValueError: CONTINUATION or an unknown opcode, an oversized control
+                payload, or a malformed close payload.
+            RuntimeError: a fragmented message is still being sent (data only).
+        """
+        if opcode == _TEXT or opcode == _BINARY:
+            self._send_data(opcode, payload, True)
+        elif opcode == _PING:
+            self.send_ping(payload)
+        elif opcode == _PONG:
+            self.send_pong(payload)
+        elif opcode == _CLOSE:
+            self._check_open()
+            try:
+                code, reason = parse_close(payload)
+            except ProtocolError as exc:
+                raise ValueError(f"bad close payload: {exc}") from None
+            self.send_close(None if not payload else code, reason)
+        else:
+            raise ValueError(f"cannot send a message with opcode {opcode}")
+
+    def send_ping(self, payload: str | bytes | bytearray | memoryview = b"") -> None:
+        """Send a Ping (5.5.2); the payload is at most 125 bytes.
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            ValueError: the payload is longer than 125 bytes.
+        """
+        self._send_control(_PING, payload)
+
+    def send_pong(self, payload: str | bytes | bytearray | memoryview = b"") -> None:
+        """Send a Pong (5.5.3): unsolicited, it serves as a heartbeat.
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            ValueError: the payload is longer than 125 bytes.
+        """
+        self._send_control(_PONG, payload)
+
+    def _send_control(self, opcode: int, payload: str | bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("control frame payload longer than 125 bytes")
+        self._queue(opcode, payload)
+
+    def send_close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Start the closing handshake (7.1.2).
+
+        The peer's Close is answered automatically, so this is only needed to
+        initiate. After it, ``close_expected()`` is True until the handshake
+        completes or the connection ends.
+
+        Args:
+            code: the status code; ``None`` (or 1005) sends a Close without one.
+            reason: at most 123 bytes of UTF-8.
+
+        Raises:
+            ConnectionClosed: a Close frame was already sent, or the connection
+                ended.
+            ValueError: a code that may not be sent, or a reason too long.
+        """
+        self._check_open()
+        self._send_close_frame(code, reason)
+        self._set_state(CLOSING)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """_Fail the WebSocket Connection_ (7.1.7).
+
+        Queues a Close frame with ``code`` unless one was sent already, then
+        ends TCP right away without waiting for the peer's answer, and emits
+        ``ConnectionLost``. A no-op once the connection is finished. The API
+        layer uses it for 1011 (a raising handler) and close timeouts.
+
+        Raises:
+            ValueError: a code that may not be sent, or a reason too long (only
+                checked when a Close frame is still to be sent).
+        """
+        if self._lost:
+            return
+        if self.close_sent is None:
+            serialize_close(code, reason)  # raise ValueError before any change
+        self._fail(code, reason, None)
+
+    def _fail(self, code: int, reason: str, error: Exception | None) -> None:
+        if self._debug:
+            _log.debug("! failing with %d %s", code, reason)
+        self._input_closed = True
+        self._buf = b""
+        self._reset_message()
+        if self.close_sent is None:
+            self._send_close_frame(code, reason)
+        if error is not None:
+            self._events.append(ConnectionFailed(code, reason, error))
+        self._end_tcp()
+        self._finish()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _check_open(self) -> None:
+        if self.close_sent is not None or self._lost:
+            raise ConnectionClosed(code=self.close_code, reason=self.close_reason or "")
+
+    def _send_close_frame(self, code: int | None, reason: str) -> None:
+        payload = serialize_close(code, reason)
+        self.close_sent = (code if payload else None, reason)
+        self._queue(_CLOSE, payload)
+
+    def _queue(self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True) -> None:
+        n = len(payload)
+        if self._mask_out:
+            # 5.3: a fresh, unpredictable key for every frame.
+            key = os.urandom(4)
+            head = frame_header(opcode, n, fin=fin, mask_key=key)
+            payload = apply_mask(payload, key)
+        else:
+            head = frame_header(opcode, n, fin=fin)
+        if self._debug:
+            _log.debug("> %s fin=%d %d bytes", _OPNAMES[opcode], fin, n)
+        if n < _SEPARATE_PAYLOAD:
+            self._out.append(head + payload)
+        else:
+            # Saves copying a large payload; never empty, so never taken for EOF.
+            self._out.append(head)
+            self._out.append(payload if type(payload) is bytes else bytes(payload))
+
+    def _end_tcp(self) -> None:
+        if not self._eof_sent:
+            if self._debug:
+                _log.debug("> EOF")
+            self._eof_sent = True
+            self._out.append(b"")
+
+    def _finish(self) -> None:
+        """Emit ``ConnectionLost``; the single place that does, so once only."""
+        if self._lost:
+            return
+        self._lost = True
+        if self.close_code is None:
+            # 7.1.5: no Close frame received: "considered to be 1006".
+            self.close_code = 1006
+            self.close_reason = ""
+        self._set_state(CLOSED)
+        self._events.append(ConnectionLost(self.close_code, self.close_reason or ""))
+
+    def _set_state(self, state: State) -> None:
+        if self._debug and state != self.state:
+            _log.debug("= %s", state.name)
+        self.state = state

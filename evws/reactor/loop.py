@@ -1,0 +1,439 @@
+"""A small single-threaded reactor on :mod:`selectors` (AnyEvent's io/timer/idle).
+
+Why not asyncio: evws is a callback library in the style of AnyEvent. Its users
+block in ``CondVar.recv()``, which runs loop turns until something happened;
+that needs a loop whose single turn (:meth:`Loop.run_once`) is public and whose
+order of work inside a turn is fixed and documented:
+
+1. run a *snapshot* of the deferred calls (``call_soon``); calls deferred while
+   that snapshot runs wait for the next turn;
+2. wait in ``select`` -- with a zero timeout when step 1 ran anything, when new
+   deferred calls are pending, or when :meth:`Loop.stop` was requested;
+   otherwise until the given timeout or the next timer, whichever is sooner;
+3. dispatch I/O callbacks (level-triggered: a watcher fires every turn while
+   its file descriptor is ready);
+4. run the timers that are due.
+
+Running step 1 *before* waiting is what makes "a call deferred while a CondVar
+became ready runs after ``recv()`` returned" hold (see shared/NOTES.md).
+
+Every callback is isolated: an :class:`Exception` it raises is logged on the
+``evws.loop`` logger and the loop carries on. ``BaseException`` subclasses that
+are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) propagate.
+
+A watcher must be cancelled before its file descriptor is closed: the loop
+registers the integer fd, and a stale registration for a closed (and possibly
+reused) fd cannot be told apart from a fresh one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import threading
+import time as _time
+from collections import deque
+from typing import Any, Callable
+
+__all__ = ["Loop", "get_loop", "IoWatcher", "Timer", "Handle"]
+
+log = logging.getLogger("evws.loop")
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+def _fileno(fileobj: Any) -> int:
+    """Return the integer fd of a socket-like object or an int."""
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor: {fd}")
+    return fd
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
+    """Run one callback; log (never propagate) an ordinary exception."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("exception in loop callback %r", fn)
+
+
+class IoWatcher:
+    """Guard for :meth:`Loop.io`; ``cancel()`` stops the watching (idempotent)."""
+
+    __slots__ = ("_loop", "fd", "mode", "fn", "active")
+
+    def __init__(self, loop: Loop, fd: int, mode: str, fn: Callable[[], Any]) -> None:
+        self._loop = loop
+        self.fd = fd
+        self.mode = mode
+        self.fn = fn
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._loop._remove_io(self)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cancelled"
+        return f"<IoWatcher fd={self.fd} mode={self.mode!r} {state}>"
+
+
+class Timer:
+    """Guard for :meth:`Loop.timer`; ``cancel()`` is idempotent.
+
+    ``when`` is the loop time (:func:`time.monotonic`) of the next firing.
+    """
+
+    __slots__ = ("_loop", "when", "interval", "fn", "active", "_queued")
+
+    def __init__(self, loop: Loop, when: float, fn: Callable[[], Any],
+                 interval: float | None) -> None:
+        self._loop = loop
+        self.when = when
+        self.interval = interval
+        self.fn = fn
+        self.active = True
+        self._queued = False  # currently an entry in the loop's heap
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            if self._queued:
+                self._loop._timer_cancelled()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cancelled"
+        return f"<Timer when={self.when:.3f} interval={self.interval} {state}>"
+
+
+class Handle:
+    """Guard for :meth:`Loop.call_soon`; ``cancel()`` is idempotent."""
+
+    __slots__ = ("fn", "args", "active")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.active = True
+
+    def cancel(self) -> None:
+        self.active = False
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cancelled"
+        return f"<Handle {self.fn!r} {state}>"
+
+
+class Loop:
+    """A selectors-based event loop: io watchers, timers, deferred calls.
+
+    ``depth`` counts the :meth:`run_once` calls currently on the stack; a
+    value above zero means "we are inside a loop callback", which is how
+    ``CondVar.recv()`` detects a recursive blocking wait (a flag set only by
+    :meth:`run` would miss a ``recv()`` made from a callback of another
+    ``recv()``).
+    """
+
+    def __init__(self) -> None:
+        self._selector: selectors.BaseSelector = selectors.DefaultSelector()
+        # fd -> [reader, writer]; the same list is the selector key's data, so
+        # one registration serves both directions.
+        self._io: dict[int, list[IoWatcher | None]] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timers_cancelled = 0
+        self._seq = itertools.count()
+        self._deferred: deque[Handle] = deque()
+        self._stop_requested = False
+        self._closed = False
+        self.depth = 0
+
+    # -- clock -----------------------------------------------------------
+
+    @staticmethod
+    def time() -> float:
+        """The loop's clock: :func:`time.monotonic`."""
+        return _time.monotonic()
+
+    # -- io --------------------------------------------------------------
+
+    def io(self, fileobj: Any, mode: str, fn: Callable[[], Any]) -> IoWatcher:
+        """Call ``fn()`` on every turn while ``fileobj`` is ready for ``mode``.
+
+        Args:
+            fileobj: a socket (anything with ``fileno()``) or an int fd.
+            mode: ``"r"`` (readable) or ``"w"`` (writable).
+            fn: called without arguments until the watcher is cancelled.
+
+        Raises:
+            ValueError: bad mode or fd, or a watcher for this fd and mode is
+                already active (one reader and one writer per fd; replacing one
+                silently would hide bugs, so cancel the old one first).
+        """
+        self._check_open()
+        if mode not in ("r", "w"):
+            raise ValueError(f"mode must be 'r' or 'w', not {mode!r}")
+        fd = _fileno(fileobj)
+        slot = 0 if mode == "r" else 1
+        pair = self._io.get(fd)
+        if pair is not None and pair[slot] is not None:
+            raise ValueError(f"fd {fd} already has an active {mode!r} watcher")
+        watcher = IoWatcher(self, fd, mode, fn)
+        if pair is None:
+            pair = [None, None]
+            pair[slot] = watcher
+            self._io[fd] = pair
+            self._register(fd, pair, new=True)
+        else:
+            pair[slot] = watcher
+            self._register(fd, pair, new=False)
+        return watcher
+
+    def _remove_io(self, watcher: IoWatcher) -> None:
+        pair = self._io.get(watcher.fd)
+        if pair is None or self._closed:
+            return
+        slot = 0 if watcher.mode == "r" else 1
+        if pair[slot] is not watcher:
+            return
+        pair[slot] = None
+        if pair[0] is None and pair[1] is None:
+            del self._io[watcher.fd]
+            try:
+                self._selector.unregister(watcher.fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        else:
+            self._register(watcher.fd, pair, new=False)
+
+    def _register(self, fd: int, pair: list[IoWatcher | None], new: bool) -> None:
+        events = (_READ if pair[0] is not None else 0) | (_WRITE if pair[1] is not None else 0)
+        sel = self._selector
+        try:
+            if new:
+                sel.register(fd, events, pair)
+            else:
+                sel.modify(fd, events, pair)
+        except (KeyError, OSError):
+            # A stale registration: the fd was closed (the kernel dropped it
+            # from epoll) and perhaps reused. Start over with a fresh one.
+            try:
+                sel.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            try:
+                sel.register(fd, events, pair)
+            except BaseException:
+                self._io.pop(fd, None)
+                raise
+
+    # -- timers ----------------------------------------------------------
+
+    def timer(self, after: float, fn: Callable[[], Any],
+              interval: float | None = None) -> Timer:
+        """Call ``fn()`` once after ``after`` seconds, then every ``interval``.
+
+        Repeating timers are rescheduled from their previous due time (no
+        drift); a timer that fell behind by more than an interval skips the
+        missed firings instead of firing in a burst.
+        """
+        self._check_open()
+        if interval is not None and interval <= 0:
+            raise ValueError("interval must be positive")
+        t = Timer(self, self.time() + max(after, 0.0), fn, interval)
+        self._push_timer(t)
+        return t
+
+    def _push_timer(self, t: Timer) -> None:
+        t._queued = True
+        heapq.heappush(self._timers, (t.when, next(self._seq), t))
+
+    def _timer_cancelled(self) -> None:
+        # Lazy deletion, but compact once cancelled entries are the majority,
+        # so that a connection churn that always cancels its timers cannot
+        # grow the heap without bound.
+        self._timers_cancelled += 1
+        if self._timers_cancelled * 2 > len(self._timers):
+            live = []
+            for e in self._timers:
+                if e[2].active:
+                    live.append(e)
+                else:
+                    e[2]._queued = False
+            heapq.heapify(live)
+            self._timers = live
+            self._timers_cancelled = 0
+
+    def _next_timer_delay(self) -> float | None:
+        heap = self._timers
+        while heap and not heap[0][2].active:
+            heapq.heappop(heap)[2]._queued = False
+            self._timers_cancelled -= 1
+        if not heap:
+            return None
+        return max(0.0, heap[0][0] - self.time())
+
+    def _run_timers(self) -> None:
+        heap = self._timers
+        now = self.time()
+        due: list[Timer] = []
+        # Collect first, then run: a timer rescheduled (or created) by a
+        # callback waits for the next turn, even with a tiny interval.
+        while heap and heap[0][0] <= now:
+            t = heapq.heappop(heap)[2]
+            t._queued = False
+            if t.active:
+                due.append(t)
+            else:
+                self._timers_cancelled -= 1
+        for t in due:
+            if not t.active:
+                continue
+            if t.interval is None:
+                t.active = False
+            _call(t.fn)
+            if t.active and t.interval is not None and not t._queued:
+                t.when += t.interval
+                if t.when <= now:
+                    t.when = now + t.interval
+                self._push_timer(t)
+
+    # -- deferred calls --------------------------------------------------
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> Handle:
+        """Call ``fn(*args)`` at the start of the next loop turn (AnyEvent idle)."""
+        self._check_open()
+        h = Handle(fn, args)
+        self._deferred.append(h)
+        return h
+
+    def _run_deferred(self) -> bool:
+        q = self._deferred
+        ran = False
+        for _ in range(len(q)):  # a snapshot: later additions wait a turn
+            h = q.popleft()
+            if h.active:
+                h.active = False
+                ran = True
+                _call(h.fn, h.args)
+        return ran
+
+    # -- running ---------------------------------------------------------
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """Run one turn: deferred snapshot, select, io callbacks, due timers.
+
+        Args:
+            timeout: the longest to wait in ``select``; ``None`` waits until
+                an fd is ready or a timer is due (forever if neither can
+                happen, as AnyEvent does).
+        """
+        self._check_open()
+        self.depth += 1
+        try:
+            ran = self._run_deferred()
+            if ran or self._deferred or self._stop_requested:
+                wait: float | None = 0.0
+            else:
+                wait = timeout
+                delay = self._next_timer_delay()
+                if delay is not None and (wait is None or delay < wait):
+                    wait = delay
+                if wait is not None and wait < 0:
+                    wait = 0.0
+            ready = self._selector.select(wait)
+            # The per-event path matters with many ready sockets: the
+            # isolation of _call() is inlined here.
+            for key, events in ready:
+                pair = key.data
+                if events & _READ:
+                    w = pair[0]
+                    if w is not None and w.active:
+                        try:
+                            w.fn()
+                        except Exception:
+                            log.exception("exception in io callback %r", w.fn)
+                if events & _WRITE:
+                    w = pair[1]  # re-read: the reader may have cancelled it
+                    if w is not None and w.active:
+                        try:
+                            w.fn()
+                        except Exception:
+                            log.exception("exception in io callback %r", w.fn)
+            self._run_timers()
+        finally:
+            self.depth -= 1
+
+    def run(self) -> None:
+        """Run turns until :meth:`stop` is called.
+
+        A ``stop()`` made while no ``run()`` is active (for instance from a
+        callback run by ``CondVar.recv()``) is kept: the next ``run()`` returns
+        after one turn, like asyncio's ``stop()`` before ``run_forever()``.
+        """
+        try:
+            while not self._stop_requested:
+                self.run_once()
+        finally:
+            self._stop_requested = False
+
+    def stop(self) -> None:
+        """Make the innermost :meth:`run` return once the current turn ends."""
+        self._stop_requested = True
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release the selector and forget every watcher, timer and call."""
+        if self._closed:
+            return
+        self._closed = True
+        for pair in self._io.values():
+            for w in pair:
+                if w is not None:
+                    w.active = False
+        self._io.clear()
+        for _, _, t in self._timers:
+            t.active = False
+            t._queued = False
+        self._timers.clear()
+        self._deferred.clear()
+        self._selector.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+
+    def __repr__(self) -> str:
+        return (f"<Loop io={len(self._io)} timers={len(self._timers)} "
+                f"deferred={len(self._deferred)} depth={self.depth}"
+                f"{' closed' if self._closed else ''}>")
+
+
+_local = threading.local()
+
+
+def get_loop() -> Loop:
+    """Return this thread's default loop, creating it on first use.
+
+    A closed default loop is replaced by a fresh one.
+    """
+    loop: Loop | None = getattr(_local, "loop", None)
+    if loop is None or loop.closed:
+        loop = Loop()
+        _local.loop = loop
+    return loop

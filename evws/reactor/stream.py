@@ -1,0 +1,357 @@
+"""Stream: a buffered non-blocking socket driven by a :class:`~evws.reactor.Loop`.
+
+The owner (the WebSocket connection, later) feeds bytes in with
+:meth:`Stream.write` and gets bytes out through ``on_data``. The stream knows
+nothing about what the bytes mean. Why each piece is here:
+
+- Writes go straight to ``sock.send`` when nothing is queued (the common case
+  costs no watcher and no copy). Whatever the kernel does not take is queued
+  as ``memoryview`` slices, so a large partial write is never copied again
+  (``del buf[:n]`` on a bytearray would move the rest on each send). A write
+  watcher exists only while something is queued.
+- :meth:`Stream.close` is graceful: flush, ``shutdown(SHUT_WR)``, then read and
+  discard until the peer's EOF (bounded by ``linger``), then close. Closing a
+  socket that still has unread input makes the kernel send an RST, and an RST
+  can destroy the last bytes we wrote before the peer read them (shared/NOTES.md).
+- Read errors and write errors end the stream with ``on_close(error)``;
+  "would block" conditions -- including ``ssl.SSLWantReadError`` and
+  ``SSLWantWriteError``, which are ``OSError`` subclasses -- just wait.
+
+Callbacks (each may be given to the constructor or assigned later):
+
+- ``on_data(data: bytes)`` -- bytes arrived (not called once closing).
+- ``on_eof()`` -- the peer shut down its write side; called once, reading
+  stops. The owner decides what follows (usually ``close()``). Without an
+  ``on_eof`` the stream closes itself.
+- ``on_drain()`` -- the write queue became empty after being non-empty.
+- ``on_close(error: Exception | None)`` -- the fd was closed; called exactly
+  once. ``None`` after ``close()``/``abort()``; the ``OSError`` after a failed
+  ``send``/``recv``; a ``TimeoutError`` when ``close()`` could not flush within
+  ``linger``. It is called synchronously, except after a ``send`` failure
+  inside :meth:`Stream.write`, where it is deferred to the next loop turn so
+  that the owner's ``write()`` call never re-enters the owner.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections import deque
+from typing import Any, Callable
+
+from .loop import IoWatcher, Loop, Timer, get_loop
+
+__all__ = ["Stream"]
+
+log = logging.getLogger("evws.stream")
+
+# "Try again later", not a failure. SSL ones first: they are OSErrors too.
+_WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
+
+
+class Stream:
+    """A buffered non-blocking socket; see the module docstring.
+
+    Args:
+        sock: a connected stream socket; it is made non-blocking.
+        loop: ``None`` = this thread's default loop.
+        read_size: the most bytes read per readable event.
+        linger: seconds ``close()`` may spend flushing, and then again
+            draining input before it closes the fd.
+    """
+
+    __slots__ = (
+        "_sock", "_fd", "_loop", "on_data", "on_eof", "on_close", "on_drain",
+        "read_size", "linger", "_rw", "_ww", "_queue", "_buffered",
+        "_want_read", "_paused", "_eof", "_shut_pending", "_write_shut",
+        "_closing", "_closed", "_timer",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: Loop | None = None,
+        *,
+        on_data: Callable[[bytes], Any] | None = None,
+        on_eof: Callable[[], Any] | None = None,
+        on_close: Callable[[Exception | None], Any] | None = None,
+        on_drain: Callable[[], Any] | None = None,
+        read_size: int = 262144,
+        linger: float = 2.0,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop if loop is not None else get_loop()
+        self.on_data = on_data
+        self.on_eof = on_eof
+        self.on_close = on_close
+        self.on_drain = on_drain
+        self.read_size = read_size
+        self.linger = linger
+        self._rw: IoWatcher | None = None
+        self._ww: IoWatcher | None = None
+        # Created on the first partial write: an empty deque costs ~760 bytes,
+        # and most connections never fill their kernel buffer.
+        self._queue: deque[memoryview | bytes] | None = None
+        self._buffered = 0
+        self._want_read = False   # start_reading() was called
+        self._paused = False
+        self._eof = False         # the peer's EOF was seen
+        self._shut_pending = False  # shut down the write side once flushed
+        self._write_shut = False
+        self._closing = False     # close() was called: flush, shut, drain
+        self._closed = False      # the fd is closed
+        self._timer: Timer | None = None
+
+    # -- properties ------------------------------------------------------
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
+    def fileno(self) -> int:
+        """The fd the stream was created with (a method, as on sockets and files)."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once the fd is closed."""
+        return self._closed
+
+    @property
+    def closing(self) -> bool:
+        """True from ``close()``/``abort()`` on."""
+        return self._closing or self._closed
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by ``write()`` and not yet handed to the kernel."""
+        return self._buffered
+
+    # -- reading ---------------------------------------------------------
+
+    def start_reading(self) -> None:
+        """Start delivering ``on_data``; call it once the callbacks are set."""
+        self._want_read = True
+        self._paused = False
+        self._update_reader()
+
+    def pause_reading(self) -> None:
+        """Stop reading (flow control); the kernel buffers, then the peer waits."""
+        self._paused = True
+        self._update_reader()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        self._paused = False
+        self._update_reader()
+
+    def _update_reader(self) -> None:
+        want = (not self._closed and not self._eof
+                and (self._closing or (self._want_read and not self._paused)))
+        if want and self._rw is None:
+            self._rw = self._loop.io(self._fd, "r", self._on_readable)
+        elif not want and self._rw is not None:
+            self._rw.cancel()
+            self._rw = None
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(self.read_size)
+        except _WAIT:
+            return
+        except OSError as exc:
+            self._teardown(exc)
+            return
+        if data:
+            if not self._closing and self.on_data is not None:
+                self.on_data(data)
+            return
+        self._eof = True
+        self._update_reader()
+        if self._closing:
+            if not self._queue:
+                self._teardown(None)
+        elif self.on_eof is not None:
+            self.on_eof()
+        else:
+            self.close()
+
+    # -- writing ---------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``, queueing what the kernel does not take now.
+
+        Raises:
+            BrokenPipeError: after ``close()``, ``abort()`` or
+                ``shutdown_write()``, or once the stream failed.
+        """
+        if self._closed or self._closing or self._shut_pending or self._write_shut:
+            raise BrokenPipeError(errno.EPIPE, "stream is closed for writing")
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        size = len(view)
+        if not size:
+            return
+        if self._queue:
+            self._enqueue(view)
+            return
+        try:
+            sent = self._sock.send(view)
+        except _WAIT:
+            sent = 0
+        except OSError as exc:
+            self._teardown(exc, defer=True)
+            return
+        if sent < size:
+            self._enqueue(view[sent:])
+
+    def _enqueue(self, view: memoryview) -> None:
+        # A view of a mutable buffer would see the caller's later changes
+        # (and pin the buffer's size): keep a private copy of those only.
+        chunk: memoryview | bytes = view if view.readonly else view.tobytes()
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(chunk)
+        self._buffered += len(view)
+        if self._ww is None:
+            self._ww = self._loop.io(self._fd, "w", self._on_writable)
+
+    def _on_writable(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        send = self._sock.send
+        while queue:
+            chunk = queue[0]
+            try:
+                sent = send(chunk)
+            except _WAIT:
+                return
+            except OSError as exc:
+                self._teardown(exc)
+                return
+            self._buffered -= sent
+            if sent < len(chunk):
+                # The kernel buffer is full: wait for the next writable event.
+                queue[0] = memoryview(chunk)[sent:]
+                return
+            queue.popleft()
+        self._ww.cancel()  # type: ignore[union-attr]
+        self._ww = None
+        self._drained()
+
+    def _drained(self) -> None:
+        """The queue just emptied: finish pending shutdown/close, tell the owner."""
+        if self._shut_pending or self._closing:
+            self._shut_write()
+        if self._closing:
+            self._start_draining()
+        elif self.on_drain is not None:
+            self.on_drain()
+
+    def shutdown_write(self) -> None:
+        """Send EOF (``SHUT_WR``) once everything queued has been written."""
+        if self._closed or self._closing or self._shut_pending or self._write_shut:
+            return
+        self._shut_pending = True
+        if not self._queue:
+            self._shut_write()
+
+    def _shut_write(self) -> None:
+        self._shut_pending = False
+        if self._write_shut:
+            return
+        self._write_shut = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            # ENOTCONN: the peer reset meanwhile; the read side will tell.
+            log.debug("shutdown(SHUT_WR) on fd %d failed: %r", self._fd, exc)
+
+    # -- closing ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close gracefully: flush, shut down writing, drain input, close.
+
+        Flushing and draining are each bounded by ``linger`` seconds.
+        ``on_data`` is no longer called. Idempotent.
+        """
+        if self._closed or self._closing:
+            return
+        self._closing = True
+        self._update_reader()  # discard input while flushing, too
+        if self._queue:
+            self._timer = self._loop.timer(self.linger, self._flush_timeout)
+        else:
+            self._shut_write()
+            self._start_draining()
+
+    def _flush_timeout(self) -> None:
+        self._timer = None
+        self._teardown(TimeoutError(
+            errno.ETIMEDOUT,
+            f"could not flush {self._buffered} bytes within {self.linger} s"))
+
+    def _start_draining(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._eof:
+            self._teardown(None)
+            return
+        self._update_reader()
+        self._timer = self._loop.timer(self.linger, self._drain_timeout)
+
+    def _drain_timeout(self) -> None:
+        self._timer = None
+        log.debug("fd %d: no EOF from the peer within %s s; closing", self._fd, self.linger)
+        self._teardown(None)
+
+    def abort(self) -> None:
+        """Close the socket now, dropping queued data; ``on_close(None)``."""
+        if not self._closed:
+            self._teardown(None)
+
+    def _teardown(self, error: Exception | None, defer: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        if self._rw is not None:
+            self._rw.cancel()
+            self._rw = None
+        if self._ww is not None:
+            self._ww.cancel()
+            self._ww = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue = None
+        self._buffered = 0
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        if error is not None:
+            log.debug("fd %d closed on error: %r", self._fd, error)
+        on_close = self.on_close
+        # Break the reference cycles owner <-> stream once nothing can fire.
+        self.on_data = self.on_eof = self.on_drain = self.on_close = None
+        if on_close is not None:
+            if defer:
+                self._loop.call_soon(on_close, error)
+            else:
+                on_close(error)
+
+    def __repr__(self) -> str:
+        if self._closed:
+            state = "closed"
+        elif self._closing:
+            state = "closing"
+        else:
+            state = "open"
+        return f"<Stream fd={self._fd} {state} buffered={self._buffered}>"

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Echo server: the first example of AnyEvent::WebSocket::Server, line for line.
+
+Every message is sent back as it came (text as text, binary as binary);
+``finish`` drops the connection. Run it and point any WebSocket client at
+ws://127.0.0.1:8080/ .
+"""
+
+import argparse
+import logging
+import sys
+
+import evws
+
+log = logging.getLogger("echo_server")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free port)")
+    parser.add_argument("--max-payload-size", type=int, default=1 << 20, metavar="BYTES",
+                        help="largest message accepted (default 1 MiB; 0 = no limit)")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    server = evws.Server(max_payload_size=args.max_payload_size or None)
+
+    def on_accept(sock, peer_host, peer_port):
+        def established(cv):
+            try:
+                connection = cv.recv()
+            except evws.HandshakeError as exc:
+                # Port probes connect and leave without a handshake: routine, not an error.
+                log.debug("invalid connection request from %s:%s: %s", peer_host, peer_port, exc)
+                sock.close()
+                return
+
+            @connection.on("each_message")
+            def echo(connection, message):
+                connection.send(message)
+
+            @connection.on("finish")
+            def finish(connection):
+                log.debug("connection from %s:%s finished", peer_host, peer_port)
+
+        server.establish(sock).cb(established)
+
+    listener = evws.tcp_server(args.host, args.port, on_accept)
+    print(f"echo server listening on ws://{args.host}:{listener.port}/", file=sys.stderr, flush=True)
+    try:
+        evws.get_loop().run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,998 @@
+"""WebSocketProtocol, grouped by RFC 6455 section.
+
+Frames are built by hand here (``frame``/``sframe`` below, with a naive XOR),
+never with evws's own serializer. Inputs are fed three ways through the
+``feed`` fixture: all at once, one byte at a time, and followed by the first
+byte of a next frame, which must stay buffered without effect.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evws.errors import ConnectionClosed, InvalidUTF8, PayloadTooBig, ProtocolError
+from evws.protocol import websocket as ws_module
+from evws.protocol.events import (
+    CloseReceived,
+    ConnectionFailed,
+    ConnectionLost,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+)
+from evws.protocol.websocket import (
+    CLIENT,
+    CLOSED,
+    CLOSING,
+    OPEN,
+    SERVER,
+    Side,
+    State,
+    WebSocketProtocol,
+)
+
+KEY = b"\x37\xfa\x21\x3d"
+EOF = "EOF"
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def xor(data: bytes, key: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def frame(opcode, payload=b"", *, fin=True, rsv=0, key=KEY, length_bits=None):
+    """A frame as a client sends it (masked with ``key`` unless None)."""
+    b0 = opcode | (0x80 if fin else 0) | rsv
+    n = len(payload)
+    bits = length_bits or (7 if n < 126 else 16 if n < 65536 else 64)
+    m = 0x80 if key is not None else 0
+    if bits == 7:
+        head = struct.pack("!BB", b0, m | n)
+    elif bits == 16:
+        head = struct.pack("!BBH", b0, m | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, m | 127, n)
+    if key is None:
+        return head + payload
+    return head + key + xor(payload, key)
+
+
+def sframe(opcode, payload=b"", **kw):
+    """A frame as a server sends it (unmasked)."""
+    return frame(opcode, payload, key=None, **kw)
+
+
+def close_payload(code, reason=b""):
+    return struct.pack("!H", code) + reason
+
+
+def decode_output(chunks):
+    """Parse what the protocol queued: [(opcode, payload, fin, mask_key), ..., EOF]."""
+    out = []
+    buf = b""
+    for chunk in chunks:
+        if chunk == b"":
+            assert buf == b"", "EOF queued in the middle of a frame"
+            out.append(EOF)
+            continue
+        assert EOF not in out, "data queued after EOF"
+        buf += chunk
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            n, p = b1 & 0x7F, 2
+            if n == 126:
+                (n,) = struct.unpack_from("!H", buf, 2)
+                p = 4
+            elif n == 127:
+                (n,) = struct.unpack_from("!Q", buf, 2)
+                p = 10
+            key = None
+            if b1 & 0x80:
+                key = buf[p : p + 4]
+                p += 4
+            if len(buf) < p + n:
+                break
+            payload = buf[p : p + n]
+            if key is not None:
+                payload = xor(payload, key)
+            out.append((b0 & 0x0F, payload, bool(b0 & 0x80), key))
+            buf = buf[p + n :]
+    assert buf == b""
+    return out
+
+
+def frames_out(p):
+    """Output frames without keys: [(opcode, payload, fin), ..., EOF]."""
+    return [f if f == EOF else f[:3] for f in decode_output(p.data_to_send())]
+
+
+@pytest.fixture(params=["whole", "bytewise", "trailing"])
+def feed(request):
+    """feed(p, data) -> events, feeding ``data`` in the parametrized way.
+
+    "trailing" sends the first bytes of a following Pong frame along with
+    ``data``; they must not change the events. The rest of that Pong is sent
+    next, and it must then arrive (unless input has stopped being read).
+    """
+
+    def feed(p, data):
+        if request.param == "whole":
+            p.receive_data(data)
+        elif request.param == "bytewise":
+            for i in range(len(data)):
+                p.receive_data(data[i : i + 1])
+        else:
+            tail = frame(10, b"tail", key=KEY if p.side == SERVER else None)
+            p.receive_data(data + tail[:3])
+            events = p.events_received()
+            p.receive_data(tail[3:])
+            expected = [PongReceived(b"tail")] if p.close_code is None else []
+            assert p.events_received() == expected
+            return events
+        return p.events_received()
+
+    return feed
+
+
+def server(**kw):
+    return WebSocketProtocol(SERVER, **kw)
+
+
+def client(**kw):
+    return WebSocketProtocol(CLIENT, **kw)
+
+
+def assert_failed(p, events, code):
+    """The protocol failed with ``code``: event, close frame, then EOF."""
+    assert isinstance(events[-2], ConnectionFailed), events
+    assert events[-2].code == code
+    assert isinstance(events[-2].error, ProtocolError)
+    assert events[-2].error.close_code == code
+    assert events[-1] == ConnectionLost(1006, "")
+    out = decode_output(p.data_to_send())
+    assert out[-1] == EOF
+    opcode, payload, fin, key = out[-2]
+    assert (opcode, fin) == (8, True)
+    assert payload[:2] == struct.pack("!H", code)
+    assert (key is not None) == (p.side == CLIENT)
+    assert p.state == CLOSED
+    assert p.close_code == 1006
+    assert p.close_sent[0] == code
+    assert not p.close_expected()
+    # Once failed, input is ignored and nothing more happens.
+    p.receive_data(frame(1, b"late"))
+    p.receive_eof()
+    assert p.events_received() == []
+    assert p.data_to_send() == []
+
+
+# ----------------------------------------------------------------------- tests
+
+
+class TestConstruction:
+    def test_defaults(self):
+        p = WebSocketProtocol()
+        assert p.side == SERVER == Side.SERVER == 0
+        assert p.state == OPEN == State.OPEN == 1
+        assert (CLOSING, CLOSED, CLIENT) == (2, 3, 1)
+        assert p.max_payload_size == 1 << 20
+        assert p.max_fragments is None
+        assert p.close_code is None and p.close_reason is None and p.close_sent is None
+        assert not p.close_expected()
+        assert p.events_received() == [] and p.data_to_send() == []
+
+    def test_side_as_int(self):
+        assert WebSocketProtocol(1).side is CLIENT
+
+    def test_drains_reset(self):
+        p = server()
+        p.receive_data(frame(2, b"x"))
+        p.send_binary(b"y")
+        assert len(p.events_received()) == 1 and p.events_received() == []
+        assert len(p.data_to_send()) == 1 and p.data_to_send() == []
+
+
+class TestMasking:
+    """RFC 6455 5.1 and 5.3."""
+
+    def test_server_accepts_masked_frames(self, feed):
+        p = server()
+        assert feed(p, frame(1, b"Hello")) == [MessageReceived(1, b"Hello")]
+
+    def test_server_rejects_unmasked_frames(self, feed):
+        p = server()
+        events = feed(p, sframe(1, b"Hello"))
+        assert_failed(p, events, 1002)
+
+    def test_server_sends_unmasked(self):
+        p = server()
+        p.send_text("Hello")
+        p.send_binary(b"\x00\x01")
+        p.send_ping(b"p")
+        p.send_pong(b"q")
+        p.send_close(1000)
+        assert p.data_to_send() == [
+            b"\x81\x05Hello", b"\x82\x02\x00\x01", b"\x89\x01p", b"\x8a\x01q", b"\x88\x02\x03\xe8",
+        ]
+
+    def test_client_accepts_unmasked_frames(self, feed):
+        p = client()
+        assert feed(p, sframe(2, b"\xff\x00")) == [MessageReceived(2, b"\xff\x00")]
+
+    def test_client_rejects_masked_frames(self, feed):
+        p = client()
+        events = feed(p, frame(2, b"x"))
+        assert_failed(p, events, 1002)
+
+    def test_client_masks_every_frame_with_a_fresh_key(self, monkeypatch):
+        keys = [bytes([i, i + 1, 0xF0, 0x0F]) for i in range(0, 40, 4)]
+        given_keys = iter(keys)
+        monkeypatch.setattr(ws_module.os, "urandom", lambda n: next(given_keys))
+        p = client()
+        p.send_text("Hello")
+        p.send_binary(b"", fin=False)
+        p.send_continuation(b"more", fin=True)
+        p.send_ping(b"ping")
+        p.send_pong(b"")
+        p.receive_data(sframe(9, b"auto"))  # answered with a pong
+        p.send_close(1001, "bye")
+        chunks = p.data_to_send()
+        assert chunks[0] == b"\x81\x85" + keys[0] + xor(b"Hello", keys[0])
+        out = decode_output(chunks)
+        assert out == [
+            (1, b"Hello", True, keys[0]),
+            (2, b"", False, keys[1]),
+            (0, b"more", True, keys[2]),
+            (9, b"ping", True, keys[3]),
+            (10, b"", True, keys[4]),
+            (10, b"auto", True, keys[5]),
+            (8, close_payload(1001, b"bye"), True, keys[6]),
+        ]
+
+    def test_client_close_echo_and_failure_close_are_masked(self):
+        p = client()
+        p.receive_data(sframe(8, close_payload(1000)))
+        (echo,) = decode_output(p.data_to_send())
+        assert echo[3] is not None and echo[:2] == (8, close_payload(1000))
+        p2 = client()
+        p2.receive_data(b"\x83\x00")  # reserved opcode
+        out = decode_output(p2.data_to_send())
+        assert out[0][3] is not None and out[0][1] == close_payload(1002)[:2] + out[0][1][2:]
+
+    def test_real_random_keys_differ(self):
+        p = client()
+        for _ in range(4):
+            p.send_binary(b"same")
+        keys = {f[3] for f in decode_output(p.data_to_send())}
+        assert len(keys) == 4  # a 6 * 2**-32 chance of a false failure
+
+    def test_mask_key_continues_across_split_payload(self):
+        # The payload of one frame split at every offset modulo 4.
+        payload = bytes(range(1, 40))
+        data = frame(2, payload)
+        for cut in range(6, len(data)):
+            p = server()
+            p.receive_data(data[:cut])
+            p.receive_data(data[cut:])
+            assert p.events_received() == [MessageReceived(2, payload)]
+
+
+class TestLengths:
+    """RFC 6455 5.2: 7-, 16- and 64-bit payload lengths."""
+
+    @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+    def test_minimal_encodings(self, size):
+        payload = os.urandom(size)
+        for p, data in ((server(), frame(2, payload)), (client(), sframe(2, payload))):
+            p.receive_data(data)
+            assert p.events_received() == [MessageReceived(2, payload)]
+
+    @pytest.mark.parametrize("bits", [16, 64])
+    def test_non_minimal_encodings_are_accepted(self, feed, bits):
+        p = server()
+        assert feed(p, frame(1, b"short", length_bits=bits)) == [MessageReceived(1, b"short")]
+
+    def test_64_bit_length_with_top_bit_set(self, feed):
+        p = server(max_payload_size=None)
+        data = b"\x82\xff" + struct.pack("!Q", 1 << 63) + KEY
+        assert_failed(p, feed(p, data), 1002)
+
+    @pytest.mark.parametrize(
+        "size, head",
+        [
+            (0, b"\x82\x00"),
+            (125, b"\x82\x7d"),
+            (126, b"\x82\x7e\x00\x7e"),
+            (65535, b"\x82\x7e\xff\xff"),
+            (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+        ],
+    )
+    def test_outgoing_lengths(self, size, head):
+        p = server()
+        payload = os.urandom(size)
+        p.send_binary(payload)
+        assert b"".join(p.data_to_send()) == head + payload
+
+    def test_large_outgoing_payload_is_not_copied_with_its_header(self):
+        p = server()
+        payload = os.urandom(100_000)
+        p.send_binary(payload)
+        chunks = p.data_to_send()
+        assert chunks == [b"\x82\x7f" + struct.pack("!Q", 100_000), payload]
+        assert chunks[1] is payload
+        assert all(chunks)  # no empty chunk that could be mistaken for EOF
+
+    def test_memoryview_and_bytearray_payloads(self):
+        p = server()
+        p.send_binary(memoryview(b"abc"))
+        p.send_binary(bytearray(b"d" * 5000))
+        assert b"".join(p.data_to_send()) == (
+            b"\x82\x03abc" + b"\x82\x7e\x13\x88" + b"d" * 5000
+        )
+
+
+class TestReservedBitsAndOpcodes:
+    """RFC 6455 5.2: RSV1-3 and unknown opcodes fail with 1002."""
+
+    @pytest.mark.parametrize("bit", [0x40, 0x20, 0x10])
+    def test_reserved_bits(self, feed, bit):
+        p = server()
+        assert_failed(p, feed(p, frame(1, b"x", rsv=bit)), 1002)
+
+    def test_extension_hook_allows_rsv1(self):
+        p = server()
+        p.allowed_rsv_bits = 0x40
+        p.receive_data(frame(2, b"z", rsv=0x40))
+        assert p.events_received() == [MessageReceived(2, b"z")]
+        p.receive_data(frame(2, b"z", rsv=0x20))
+        assert_failed(p, p.events_received(), 1002)
+
+    @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 11, 12, 13, 14, 15])
+    def test_unknown_opcodes(self, feed, opcode):
+        p = server()
+        assert_failed(p, feed(p, frame(opcode, b"")), 1002)
+
+    def test_error_after_valid_frames_keeps_their_events(self, feed):
+        p = server()
+        events = feed(p, frame(1, b"a") + frame(9, b"p") + frame(5))
+        assert events[:2] == [MessageReceived(1, b"a"), PingReceived(b"p")]
+        out = frames_out(p)
+        assert out[0] == (10, b"p", True)
+        assert out[1][0] == 8 and out[1][1][:2] == b"\x03\xea" and out[2] == EOF
+
+
+class TestControlFrames:
+    """RFC 6455 5.5."""
+
+    def test_ping_is_answered_with_the_same_payload(self, feed):
+        p = server()
+        assert feed(p, frame(9, b"are you there")) == [PingReceived(b"are you there")]
+        assert p.data_to_send() == [b"\x8a\x0dare you there"]
+
+    def test_empty_ping(self, feed):
+        p = server()
+        assert feed(p, frame(9)) == [PingReceived(b"")]
+        assert p.data_to_send() == [b"\x8a\x00"]
+
+    def test_pong(self, feed):
+        p = server()
+        assert feed(p, frame(10, b"beat")) == [PongReceived(b"beat")]
+        assert p.data_to_send() == []
+
+    def test_125_byte_control_payload(self, feed):
+        p = server()
+        assert feed(p, frame(9, b"x" * 125)) == [PingReceived(b"x" * 125)]
+
+    @pytest.mark.parametrize("opcode", [8, 9, 10])
+    def test_control_payload_over_125(self, feed, opcode):
+        p = server()
+        assert_failed(p, feed(p, frame(opcode, b"x" * 126)), 1002)
+
+    @pytest.mark.parametrize("opcode", [8, 9, 10])
+    def test_fragmented_control_frame(self, feed, opcode):
+        p = server()
+        assert_failed(p, feed(p, frame(opcode, b"", fin=False)), 1002)
+
+    def test_control_frames_interleaved_in_a_message(self, feed):
+        p = server()
+        data = (
+            frame(1, b"fir", fin=False)
+            + frame(9, b"1")
+            + frame(0, b"st ", fin=False)
+            + frame(10, b"2")
+            + frame(0, b"msg")
+        )
+        assert feed(p, data) == [
+            PingReceived(b"1"), PongReceived(b"2"), MessageReceived(1, b"first msg"),
+        ]
+        assert p.data_to_send() == [b"\x8a\x011"]
+
+    def test_send_oversized_control_payload(self):
+        p = server()
+        with pytest.raises(ValueError):
+            p.send_ping(b"x" * 126)
+        with pytest.raises(ValueError):
+            p.send_pong(b"x" * 126)
+        p.send_ping("é" * 62)  # str is encoded: 124 bytes
+        assert p.data_to_send() == [b"\x89\x7c" + "é".encode() * 62]
+
+
+class TestFragmentation:
+    """RFC 6455 5.4."""
+
+    def test_three_fragments(self, feed):
+        p = server()
+        data = frame(2, b"ab", fin=False) + frame(0, b"", fin=False) + frame(0, b"cd")
+        assert feed(p, data) == [MessageReceived(2, b"abcd")]
+
+    def test_text_split_inside_a_character(self, feed):
+        p = server()
+        euro = "€".encode()
+        data = frame(1, euro[:1], fin=False) + frame(0, euro[1:2], fin=False) + frame(0, euro[2:])
+        assert feed(p, data) == [MessageReceived(1, euro)]
+
+    def test_continuation_without_a_message(self, feed):
+        p = server()
+        assert_failed(p, feed(p, frame(0, b"x")), 1002)
+
+    def test_continuation_after_a_complete_message(self, feed):
+        p = server()
+        events = feed(p, frame(1, b"done") + frame(0, b"x"))
+        assert events[0] == MessageReceived(1, b"done")
+        assert_failed(p, events, 1002)
+
+    @pytest.mark.parametrize("opcode", [1, 2])
+    def test_new_message_inside_a_message(self, feed, opcode):
+        p = server()
+        assert_failed(p, feed(p, frame(2, b"a", fin=False) + frame(opcode, b"b")), 1002)
+
+    def test_max_fragments(self, feed):
+        p = server(max_fragments=3)
+        data = frame(2, b"a", fin=False) + frame(0, b"b", fin=False) + frame(0, b"c")
+        assert feed(p, data) == [MessageReceived(2, b"abc")]
+        data = frame(2, b"a", fin=False) + frame(0, b"b", fin=False) + frame(0, b"c", fin=False)
+        assert feed(p, data) == []
+        events = feed(p, frame(0, b"d"))
+        assert isinstance(events[0].error, PayloadTooBig)
+        assert_failed(p, events, 1009)
+
+    def test_send_fragmented(self):
+        p = server()
+        p.send_text("Hel", fin=False)
+        p.send_ping(b"")  # control frames may be interleaved
+        p.send_continuation("l", fin=False)
+        p.send_continuation(b"o", fin=True)
+        p.send_binary(b"next")
+        assert p.data_to_send() == [
+            b"\x01\x03Hel", b"\x89\x00", b"\x00\x01l", b"\x80\x01o", b"\x82\x04next",
+        ]
+
+    def test_send_rules(self):
+        p = server()
+        with pytest.raises(RuntimeError):
+            p.send_continuation(b"x", fin=True)
+        p.send_binary(b"a", fin=False)
+        with pytest.raises(RuntimeError):
+            p.send_text("b")
+        with pytest.raises(RuntimeError):
+            p.send_message(b"b", 2)
+        p.send_continuation(b"c", fin=True)
+        assert p.data_to_send() == [b"\x02\x01a", b"\x80\x01c"]
+
+
+class TestUtf8:
+    """RFC 6455 8.1: invalid text fails with 1007, as early as possible."""
+
+    def test_valid_text(self, feed):
+        p = server()
+        text = "κόσμε €😀".encode()
+        assert feed(p, frame(1, text)) == [MessageReceived(1, text)]
+
+    def test_invalid_text(self, feed):
+        p = server()
+        events = feed(p, frame(1, b"abc\xff"))
+        assert isinstance(events[0].error, InvalidUTF8)
+        assert_failed(p, events, 1007)
+
+    def test_binary_is_not_validated(self, feed):
+        p = server()
+        assert feed(p, frame(2, b"\xff\xfe")) == [MessageReceived(2, b"\xff\xfe")]
+
+    def test_fails_in_the_first_fragment(self, feed):
+        p = server()
+        # The final fragment never arrives: the error is found anyway.
+        assert_failed(p, feed(p, frame(1, b"ok\xf4\x90", fin=False)), 1007)
+
+    def test_surrogate_fails_in_the_first_fragment(self, feed):
+        p = server()
+        assert_failed(p, feed(p, frame(1, b"ok\xed\xa0", fin=False)), 1007)
+
+    def test_fails_in_the_middle_of_a_frame(self):
+        p = server()
+        data = frame(1, b"ab\xc0" + b"z" * 50)
+        p.receive_data(data[:10])  # header + "ab\xc0" + a little
+        assert_failed(p, p.events_received(), 1007)
+
+    def test_truncated_at_the_end_of_the_message(self, feed):
+        p = server()
+        data = frame(1, b"a\xe2\x82", fin=False) + frame(0, b"")
+        assert_failed(p, feed(p, data), 1007)
+
+    def test_fragment_boundaries_inside_characters(self, feed):
+        p = server()
+        text = "😀".encode() * 3
+        data = b"".join(
+            frame(1 if i == 0 else 0, text[i : i + 5], fin=i + 5 >= len(text))
+            for i in range(0, len(text), 5)
+        )
+        assert feed(p, data) == [MessageReceived(1, text)]
+
+
+class TestLimits:
+    """max_payload_size (whole message) and its check before buffering."""
+
+    def test_at_the_limit(self, feed):
+        p = server(max_payload_size=10)
+        assert feed(p, frame(2, b"x" * 10)) == [MessageReceived(2, b"x" * 10)]
+
+    def test_over_the_limit(self, feed):
+        p = server(max_payload_size=10)
+        events = feed(p, frame(2, b"x" * 11))
+        assert isinstance(events[0].error, PayloadTooBig)
+        assert_failed(p, events, 1009)
+
+    def test_header_alone_fails(self):
+        p = server()
+        # A header claiming 2**62 bytes fails before any payload byte arrives.
+        p.receive_data(b"\x82\xff" + struct.pack("!Q", 1 << 62) + KEY)
+        assert_failed(p, p.events_received(), 1009)
+
+    def test_limit_counts_all_fragments(self, feed):
+        p = server(max_payload_size=10)
+        data = frame(2, b"x" * 6, fin=False) + frame(0, b"y" * 5, fin=False)
+        assert_failed(p, feed(p, data), 1009)
+
+    def test_fragments_up_to_the_limit(self, feed):
+        p = server(max_payload_size=10)
+        data = frame(1, b"x" * 6, fin=False) + frame(0, b"y" * 4)
+        data += frame(2, b"z" * 10)  # the budget is per message
+        assert feed(p, data) == [MessageReceived(1, b"xxxxxxyyyy"), MessageReceived(2, b"z" * 10)]
+
+    def test_no_limit(self):
+        p = server(max_payload_size=None)
+        payload = os.urandom(2 << 20)
+        p.receive_data(frame(2, payload, key=b"\0\0\0\0"))
+        assert p.events_received() == [MessageReceived(2, payload)]
+
+    def test_control_frames_do_not_count(self, feed):
+        p = server(max_payload_size=3)
+        data = frame(2, b"ab", fin=False) + frame(9, b"pingpayload") + frame(0, b"c")
+        assert feed(p, data) == [PingReceived(b"pingpayload"), MessageReceived(2, b"abc")]
+
+
+class TestClosingServer:
+    """RFC 6455 5.5.1, 7.1: closing handshake, server side."""
+
+    def test_client_initiates(self, feed):
+        p = server()
+        events = feed(p, frame(8, close_payload(1000, b"bye")))
+        assert events == [CloseReceived(1000, "bye"), ConnectionLost(1000, "bye")]
+        assert p.data_to_send() == [b"\x88\x02\x03\xe8", b""]  # code echoed, then end TCP
+        assert p.state == CLOSED
+        assert (p.close_code, p.close_reason, p.close_sent) == (1000, "bye", (1000, ""))
+        assert not p.close_expected()
+        p.receive_eof()  # the client's EOF follows: already finished
+        assert p.events_received() == [] and p.data_to_send() == []
+
+    def test_received_code_is_echoed(self, feed):
+        p = server()
+        feed(p, frame(8, close_payload(4321)))
+        assert p.data_to_send() == [b"\x88\x02\x10\xe1", b""]
+
+    def test_empty_close_is_answered_with_an_empty_close(self, feed):
+        p = server()
+        assert feed(p, frame(8)) == [CloseReceived(1005, ""), ConnectionLost(1005, "")]
+        assert p.data_to_send() == [b"\x88\x00", b""]
+        assert p.close_code == 1005 and p.close_sent == (None, "")
+
+    def test_server_initiates(self, feed):
+        p = server()
+        p.send_close(1001, "going away")
+        assert p.data_to_send() == [b"\x88\x0c\x03\xe9going away"]
+        assert p.state == CLOSING and p.close_expected()
+        assert p.close_sent == (1001, "going away")
+        events = feed(p, frame(8, close_payload(1001)))
+        assert events == [CloseReceived(1001, ""), ConnectionLost(1001, "")]
+        assert p.data_to_send() == [b""]  # no second close frame
+        assert p.state == CLOSED and not p.close_expected()
+
+    def test_messages_still_arrive_after_our_close(self, feed):
+        p = server()
+        p.send_close()
+        p.data_to_send()
+        events = feed(p, frame(1, b"late") + frame(9, b"p"))
+        assert events == [MessageReceived(1, b"late"), PingReceived(b"p")]
+        assert p.data_to_send() == []  # no pong after our close frame
+
+    def test_input_after_close_is_discarded(self, feed):
+        p = server()
+        events = feed(p, frame(8, close_payload(1000)) + frame(1, b"ignored") + b"\xff\xff")
+        assert events == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
+        p.receive_data(frame(1, b"still ignored"))
+        assert p.events_received() == []
+
+    def test_close_discards_a_partial_message(self, feed):
+        p = server()
+        events = feed(p, frame(1, b"part", fin=False) + frame(8, close_payload(1000)))
+        assert events == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
+
+    def test_one_byte_close_payload(self, feed):
+        p = server()
+        assert_failed(p, feed(p, frame(8, b"\x03")), 1002)
+
+    @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000])
+    def test_invalid_close_code(self, feed, code):
+        p = server()
+        assert_failed(p, feed(p, frame(8, close_payload(code))), 1002)
+
+    def test_bad_utf8_reason(self, feed):
+        p = server()
+        assert_failed(p, feed(p, frame(8, close_payload(1000, b"\xc3"))), 1007)
+
+    def test_send_after_close_raises(self):
+        p = server()
+        p.send_close(1000)
+        for send in (
+            lambda: p.send_text("x"),
+            lambda: p.send_binary(b"x"),
+            lambda: p.send_message(b"x", 2),
+            lambda: p.send_ping(),
+            lambda: p.send_pong(),
+            lambda: p.send_close(),
+        ):
+            with pytest.raises(ConnectionClosed):
+                send()
+
+    def test_send_after_peer_close_raises(self):
+        p = server()
+        p.receive_data(frame(8, close_payload(1001, b"x")))
+        with pytest.raises(ConnectionClosed) as info:
+            p.send_text("x")
+        assert (info.value.code, info.value.reason) == (1001, "x")
+
+    def test_send_close_validates(self):
+        p = server()
+        with pytest.raises(ValueError):
+            p.send_close(1006)
+        with pytest.raises(ValueError):
+            p.send_close(1000, "x" * 124)
+        assert p.state == OPEN and p.close_sent is None and p.data_to_send() == []
+        p.send_close(None)
+        assert p.data_to_send() == [b"\x88\x00"] and p.close_sent == (None, "")
+
+
+class TestClosingClient:
+    """RFC 6455 7.1.1: the client waits for the server to close TCP."""
+
+    def test_server_initiates(self, feed):
+        p = client()
+        events = feed(p, sframe(8, close_payload(1000, b"done")))
+        assert events == [CloseReceived(1000, "done")]
+        assert frames_out(p) == [(8, close_payload(1000), True)]  # echo, no EOF
+        assert p.state == CLOSING and p.close_expected()
+        p.receive_data(sframe(1, b"discarded"))
+        p.receive_eof()
+        assert p.events_received() == [ConnectionLost(1000, "done")]
+        assert p.data_to_send() == [b""]
+        assert p.state == CLOSED and not p.close_expected()
+
+    def test_client_initiates(self, feed):
+        p = client()
+        p.send_close(3000, "app")
+        assert frames_out(p) == [(8, close_payload(3000, b"app"), True)]
+        assert p.close_expected()
+        events = feed(p, sframe(8, close_payload(3000)))
+        assert events == [CloseReceived(3000, "")]
+        assert p.data_to_send() == []
+        assert p.state == CLOSING and p.close_expected()
+        p.receive_eof()
+        assert p.events_received() == [ConnectionLost(3000, "")]
+        assert p.data_to_send() == [b""]
+        p.receive_eof()
+        assert p.events_received() == []
+
+    def test_empty_close(self, feed):
+        p = client()
+        assert feed(p, sframe(8)) == [CloseReceived(1005, "")]
+        assert frames_out(p) == [(8, b"", True)]
+
+
+class TestEOF:
+    def test_eof_without_close(self):
+        for p in (server(), client()):
+            p.receive_eof()
+            assert p.events_received() == [ConnectionLost(1006, "")]
+            assert p.data_to_send() == [b""]
+            assert (p.state, p.close_code, p.close_reason) == (CLOSED, 1006, "")
+            p.receive_eof()
+            p.receive_data(frame(1, b"x"))
+            assert p.events_received() == [] and p.data_to_send() == []
+            with pytest.raises(ConnectionClosed):
+                p.send_text("x")
+
+    def test_eof_mid_message(self):
+        p = server()
+        p.receive_data(frame(1, b"ab", fin=False) + frame(0, b"cdef")[:9])
+        assert p.events_received() == []
+        p.receive_eof()
+        assert p.events_received() == [ConnectionLost(1006, "")]
+
+    def test_eof_after_our_close(self):
+        p = server()
+        p.send_close()
+        p.receive_eof()
+        assert p.events_received() == [ConnectionLost(1006, "")]
+        assert frames_out(p) == [(8, b"\x03\xe8", True), EOF]
+
+
+class TestFail:
+    """RFC 6455 7.1.7: _Fail the WebSocket Connection_."""
+
+    def test_fail(self):
+        p = server()
+        p.fail(1011, "handler raised")
+        assert p.events_received() == [ConnectionLost(1006, "")]  # no ConnectionFailed
+        assert p.data_to_send() == [b"\x88\x10\x03\xf3handler raised", b""]
+        assert p.state == CLOSED and p.close_sent == (1011, "handler raised")
+        p.fail(1011)
+        p.receive_eof()
+        assert p.events_received() == [] and p.data_to_send() == []
+        with pytest.raises(ConnectionClosed):
+            p.send_binary(b"x")
+
+    def test_fail_after_our_close_sends_no_second_close(self):
+        p = server()
+        p.send_close(1000)
+        p.fail(1011)
+        assert p.data_to_send() == [b"\x88\x02\x03\xe8", b""]
+        assert p.events_received() == [ConnectionLost(1006, "")]
+
+    def test_client_fail_does_not_wait_for_the_server(self):
+        p = client()
+        p.fail(1002)
+        assert frames_out(p) == [(8, b"\x03\xea", True), EOF]
+        assert p.events_received() == [ConnectionLost(1006, "")]
+
+    def test_client_fail_while_waiting_for_eof(self):
+        p = client()
+        p.receive_data(sframe(8, close_payload(1000)))
+        p.fail(1011)  # e.g. the close timer ran out
+        assert p.events_received() == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
+        assert frames_out(p) == [(8, b"\x03\xe8", True), EOF]
+
+    def test_fail_validates_before_changing_anything(self):
+        p = server()
+        with pytest.raises(ValueError):
+            p.fail(1006)
+        assert p.state == OPEN and p.data_to_send() == [] and p.events_received() == []
+
+    def test_long_error_reasons_are_clipped(self):
+        p = server()
+        p.receive_data(frame(2, b"x" * 100))
+        p.max_payload_size = 1
+        p.receive_data(frame(2, b"x" * 100))
+        out = frames_out(p)
+        assert len(out[0][1]) <= 125
+
+
+class TestConnectionLostOnce:
+    """ConnectionLost is emitted exactly once and last, on every path."""
+
+    PATHS = {
+        "server: peer closes": (SERVER, lambda p: p.receive_data(frame(8, close_payload(1000)))),
+        "server: we close": (SERVER, lambda p: (p.send_close(), p.receive_data(frame(8)))),
+        "server: EOF": (SERVER, lambda p: p.receive_eof()),
+        "server: we close, EOF": (SERVER, lambda p: (p.send_close(), p.receive_eof())),
+        "server: protocol error": (SERVER, lambda p: p.receive_data(b"\x81\x00")),
+        "server: fail": (SERVER, lambda p: p.fail(1011)),
+        "client: peer closes": (
+            CLIENT, lambda p: (p.receive_data(sframe(8, close_payload(1000))), p.receive_eof()),
+        ),
+        "client: we close": (
+            CLIENT, lambda p: (p.send_close(), p.receive_data(sframe(8)), p.receive_eof()),
+        ),
+        "client: EOF": (CLIENT, lambda p: p.receive_eof()),
+        "client: protocol error": (CLIENT, lambda p: p.receive_data(frame(1, b""))),
+        "client: close then fail": (
+            CLIENT, lambda p: (p.receive_data(sframe(8)), p.fail(1011)),
+        ),
+    }
+
+    @pytest.mark.parametrize("path", PATHS)
+    def test_once(self, path):
+        side, run = self.PATHS[path]
+        p = WebSocketProtocol(side)
+        run(p)
+        events = p.events_received()
+        # Everything that may still happen afterwards.
+        p.receive_eof()
+        p.receive_data(frame(1, b"x") + sframe(1, b"x"))
+        p.fail(1011)
+        p.receive_eof()
+        events += p.events_received()
+        lost = [e for e in events if isinstance(e, ConnectionLost)]
+        assert len(lost) == 1 and events[-1] is lost[0]
+        assert p.state == CLOSED
+        out = p.data_to_send()
+        assert out.count(b"") == 1 and out[-1] == b""
+
+
+class TestLinearCost:
+    """No quadratic work on trickling or heavily fragmented input."""
+
+    def test_byte_by_byte_keeps_the_buffer_small(self):
+        p = server()
+        data = b"".join(
+            [frame(1, b"a" * 200, fin=False), frame(9, b"x" * 125), frame(0, b"b" * 70000)]
+        )
+        largest = 0
+        for i in range(len(data)):
+            p.receive_data(data[i : i + 1])
+            largest = max(largest, len(p._buf))
+        assert largest <= 2 + 4 + 125  # at most one incomplete control frame
+        assert p.events_received() == [
+            PingReceived(b"x" * 125), MessageReceived(1, b"a" * 200 + b"b" * 70000),
+        ]
+
+    def test_32_mib_in_1_kib_fragments(self):
+        size, piece = 32 << 20, 1024
+        chunk = os.urandom(piece)
+        zero = b"\0\0\0\0"  # a valid key that leaves the payload as it is
+        first = frame(2, chunk, fin=False, key=zero)
+        middle = frame(0, chunk, fin=False, key=zero)
+        last = frame(0, chunk, key=zero)
+        data = first + middle * (size // piece - 2) + last
+        p = server(max_payload_size=None)
+        start = time.perf_counter()
+        view = memoryview(data)
+        for i in range(0, len(data), 65536):
+            p.receive_data(view[i : i + 65536])
+        elapsed = time.perf_counter() - start
+        (event,) = p.events_received()
+        assert len(event.payload) == size and event.payload[-piece:] == chunk
+        # Linear work takes well under a second here; a quadratic join or
+        # buffer shift per fragment would take minutes.
+        assert elapsed < 5
+
+
+class TestSendMessage:
+    def test_data_opcodes(self):
+        p = server()
+        p.send_message(b"t", 1)
+        p.send_message(b"b", 2)
+        assert p.data_to_send() == [b"\x81\x01t", b"\x82\x01b"]
+
+    def test_control_opcodes(self):
+        p = server()
+        p.send_message(b"p", 9)
+        p.send_message(b"q", 10)
+        p.send_message(close_payload(1001, b"r"), 8)
+        assert p.data_to_send() == [b"\x89\x01p", b"\x8a\x01q", b"\x88\x03\x03\xe9r"]
+        assert p.close_sent == (1001, "r") and p.state == CLOSING
+
+    def test_empty_close_message(self):
+        p = server()
+        p.send_message(b"", 8)
+        assert p.data_to_send() == [b"\x88\x00"]
+
+    @pytest.mark.parametrize("payload, opcode", [(b"x", 0), (b"x", 3), (b"\x03", 8),
+                                                 (b"\x03\xee", 8), (b"x" * 126, 9)])
+    def test_refused(self, payload, opcode):
+        p = server()
+        with pytest.raises(ValueError):
+            p.send_message(payload, opcode)
+        assert p.data_to_send() == [] and p.state == OPEN
+
+
+class TestEchoRoundTrip:
+    def test_client_and_server_talk(self):
+        c, s = client(), server()
+
+        def pump():
+            for src, dst in ((c, s), (s, c)):
+                for chunk in src.data_to_send():
+                    if chunk:
+                        dst.receive_data(chunk)
+                    else:
+                        dst.receive_eof()
+
+        c.send_text("héllo")
+        c.send_binary(b"\x00" * 70000)
+        pump()
+        for event in s.events_received():
+            s.send_message(event.payload, event.opcode)
+        pump()
+        assert c.events_received() == [
+            MessageReceived(1, "héllo".encode()), MessageReceived(2, b"\x00" * 70000),
+        ]
+        c.send_close(1000, "bye")
+        pump()
+        assert s.events_received() == [CloseReceived(1000, "bye"), ConnectionLost(1000, "bye")]
+        pump()  # the server's echo and EOF reach the client
+        assert c.events_received() == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
+        assert (c.state, s.state) == (CLOSED, CLOSED)
+
+
+# A valid client-to-server stream and the events it must produce however it is split.
+STREAM = b"".join(
+    [
+        frame(1, "κό".encode()[:3], fin=False),
+        frame(9, b"ping"),
+        frame(0, "κό".encode()[3:] + b"!", fin=True),
+        frame(2, os.urandom(300)),
+        frame(10, b""),
+        frame(2, b"", fin=False),
+        frame(0, b"x" * 70000, fin=True),
+        frame(8, close_payload(1000, b"end")),
+    ]
+)
+
+
+def _reference_events():
+    p = server()
+    p.receive_data(STREAM)
+    return p.events_received(), p.data_to_send()
+
+
+REFERENCE = _reference_events()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=30))
+def test_random_split_points_yield_the_same_events(cuts):
+    p = server()
+    events, out = [], []
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    for a, b in zip(bounds, bounds[1:]):
+        p.receive_data(STREAM[a:b])
+        events += p.events_received()
+        out += p.data_to_send()
+    assert (events, out) == REFERENCE
+    assert len(events) == 7 and events[-1] == ConnectionLost(1000, "end")
+
+
+class TestEventsAndLogging:
+    def test_events_are_frozen_values(self):
+        event = MessageReceived(1, b"x")
+        with pytest.raises(AttributeError):
+            event.payload = b"y"
+        assert event == MessageReceived(1, b"x")
+        assert "...[1000 bytes]" in str(MessageReceived(2, b"z" * 1000))
+
+    def test_debug_log_when_enabled_at_creation(self, caplog):
+        caplog.set_level("DEBUG", logger="evws.protocol")
+        p = server()
+        p.receive_data(frame(1, b"a", fin=False) + frame(9, b"p") + frame(0, b"b"))
+        p.send_text("x")
+        p.receive_data(frame(8, close_payload(1000)))
+        lines = [r.getMessage() for r in caplog.records if r.name == "evws.protocol"]
+        assert "< TEXT fin=0 1 bytes" in lines
+        assert "< PING b'p'" in lines
+        assert "> PONG fin=1 1 bytes" in lines
+        assert "> EOF" in lines and "= CLOSED" in lines
+        assert all(r.levelname == "DEBUG" for r in caplog.records)
+
+    def test_no_log_when_disabled_at_creation(self, caplog):
+        caplog.set_level("INFO", logger="evws.protocol")
+        p = server()
+        caplog.set_level("DEBUG", logger="evws.protocol")  # too late: the flag is cached
+        p.receive_data(frame(1, b"a") + frame(5))
+        assert [r for r in caplog.records if r.name == "evws.protocol"] == []

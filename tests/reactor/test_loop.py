@@ -1,0 +1,326 @@
+"""Tests for evws.reactor.loop: turns, deferred calls, timers, io watchers."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from evws.reactor.loop import Loop, get_loop
+
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+def loop():
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+def run_until(loop: Loop, cond, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        loop.run_once(0.05)
+
+
+class TestDeferred:
+    def test_runs_next_turn_in_order_with_args(self, loop):
+        got = []
+        loop.call_soon(got.append, 1)
+        loop.call_soon(lambda a, b: got.append(a + b), 2, 3)
+        assert got == []
+        loop.run_once(0)
+        assert got == [1, 5]
+
+    def test_snapshot_calls_deferred_during_a_turn_wait(self, loop):
+        got = []
+
+        def first():
+            got.append("first")
+            loop.call_soon(got.append, "second")
+
+        loop.call_soon(first)
+        loop.run_once(0)
+        assert got == ["first"]
+        loop.run_once(0)
+        assert got == ["first", "second"]
+
+    def test_pending_deferred_call_makes_select_not_block(self, loop):
+        loop.call_soon(lambda: loop.call_soon(lambda: None))
+        start = time.monotonic()
+        loop.run_once(3.0)  # ran something: zero timeout
+        loop.run_once(3.0)  # something is pending: zero timeout too
+        assert time.monotonic() - start < 1.0
+
+    def test_cancel(self, loop):
+        got = []
+        h = loop.call_soon(got.append, 1)
+        h.cancel()
+        h.cancel()  # idempotent
+        loop.run_once(0)
+        assert got == []
+        assert not h.active
+
+
+class TestTimers:
+    def test_fire_in_due_order(self, loop):
+        got = []
+        loop.timer(0.06, lambda: got.append(3))
+        loop.timer(0.02, lambda: got.append(1))
+        loop.timer(0.04, lambda: got.append(2))
+        loop.timer(0.0, lambda: got.append(0))
+        run_until(loop, lambda: len(got) == 4)
+        assert got == [0, 1, 2, 3]
+
+    def test_same_due_time_fires_in_creation_order(self, loop, monkeypatch):
+        monkeypatch.setattr(loop, "time", lambda: 100.0)
+        got = []
+        for i in range(5):
+            loop.timer(0, lambda i=i: got.append(i))
+        loop.run_once(0)
+        assert got == [0, 1, 2, 3, 4]
+
+    def test_run_once_waits_for_next_timer(self, loop):
+        got = []
+        loop.timer(0.05, lambda: got.append(1))
+        start = time.monotonic()
+        loop.run_once()  # no timeout: select waits for the timer only
+        assert got == [1]
+        assert 0.04 <= time.monotonic() - start < 1.0
+
+    def test_run_once_timeout_bounds_the_wait(self, loop):
+        start = time.monotonic()
+        loop.run_once(0.05)
+        assert 0.04 <= time.monotonic() - start < 1.0
+
+    def test_interval_repeats_until_cancelled(self, loop):
+        times = []
+
+        def tick():
+            times.append(loop.time())
+            if len(times) == 3:
+                t.cancel()
+
+        t = loop.timer(0.01, tick, interval=0.02)
+        run_until(loop, lambda: len(times) == 3)
+        for _ in range(5):
+            loop.run_once(0.03)
+        assert len(times) == 3
+        assert times[2] - times[0] >= 0.035
+        assert not loop._timers  # the cancelled repeating timer is gone
+
+    def test_interval_timer_fires_once_per_turn(self, loop, monkeypatch):
+        now = [50.0]
+        monkeypatch.setattr(loop, "time", lambda: now[0])
+        got = []
+        loop.timer(0, lambda: got.append(now[0]), interval=0.001)
+        now[0] = 60.0  # far behind: no burst of missed firings
+        loop.run_once(0)
+        assert got == [60.0]
+        loop.run_once(0)
+        assert got == [60.0]
+        now[0] = 60.001
+        loop.run_once(0)
+        assert got == [60.0, 60.001]
+
+    def test_cancel_prevents_firing(self, loop):
+        got = []
+        t = loop.timer(0.01, lambda: got.append(1))
+        t.cancel()
+        t.cancel()
+        loop.timer(0.03, lambda: got.append(2))
+        run_until(loop, lambda: got)
+        assert got == [2]
+
+    def test_cancelled_timers_do_not_pile_up(self, loop):
+        for _ in range(10):
+            timers = [loop.timer(100, lambda: None) for _ in range(1000)]
+            for t in timers:
+                t.cancel()
+        assert len(loop._timers) <= 500
+
+    def test_negative_interval_refused(self, loop):
+        with pytest.raises(ValueError):
+            loop.timer(0, lambda: None, interval=0)
+
+
+class TestIo:
+    def test_read_and_write_watchers_on_same_fd(self, loop, socketpair):
+        a, b = socketpair
+        events = []
+        r = loop.io(a, "r", lambda: events.append(("r", a.recv(100))))
+        w = loop.io(a.fileno(), "w", lambda: events.append(("w",)))
+        assert len(loop._selector.get_map()) == 1  # one combined registration
+        loop.run_once(0)
+        assert events == [("w",)]  # writable, not yet readable
+        b.send(b"hi")
+        events.clear()
+        run_until(loop, lambda: ("r", b"hi") in events)
+        w.cancel()
+        events.clear()
+        b.send(b"again")
+        run_until(loop, lambda: events)
+        assert events == [("r", b"again")]
+        r.cancel()
+        r.cancel()
+        assert len(loop._selector.get_map()) == 0
+
+    def test_level_triggered(self, loop, socketpair):
+        a, b = socketpair
+        count = [0]
+        loop.io(a, "r", lambda: count.__setitem__(0, count[0] + 1))
+        b.send(b"x")  # never read: stays readable
+        run_until(loop, lambda: count[0] >= 3)
+
+    def test_second_watcher_same_mode_refused(self, loop, socketpair):
+        a, _ = socketpair
+        w = loop.io(a, "r", lambda: None)
+        with pytest.raises(ValueError):
+            loop.io(a, "r", lambda: None)
+        w.cancel()
+        loop.io(a, "r", lambda: None).cancel()
+
+    def test_bad_mode_refused(self, loop, socketpair):
+        with pytest.raises(ValueError):
+            loop.io(socketpair[0], "x", lambda: None)
+
+    def test_reader_cancelling_writer_in_same_turn(self, loop, socketpair):
+        a, b = socketpair
+        got = []
+        b.send(b"x")
+
+        def on_read():
+            got.append("r")
+            a.recv(10)
+            w.cancel()
+
+        loop.io(a, "r", on_read)
+        w = loop.io(a, "w", lambda: got.append("w"))
+        loop.run_once(1)
+        assert got == ["r"]
+
+    def test_cancel_after_close_then_fd_reused(self, loop):
+        # The owner cancelled only after closing the socket (the kernel has
+        # already dropped it from epoll); a new socket may reuse the fd.
+        a, b = socket.socketpair()
+        stale = loop.io(a, "r", lambda: None)
+        a.close()
+        b.close()
+        stale.cancel()
+        c, d = socket.socketpair()
+        try:
+            got = []
+            loop.io(c, "w", lambda: got.append("w"))
+            loop.run_once(1)
+            assert got == ["w"]
+        finally:
+            c.close()
+            d.close()
+
+
+class TestErrors:
+    def test_exceptions_logged_and_loop_survives(self, loop, socketpair, caplog):
+        a, b = socketpair
+        got = []
+
+        def boom():
+            raise ValueError("boom")
+
+        loop.call_soon(boom)
+        loop.call_soon(got.append, "deferred")
+        loop.timer(0, boom)
+        loop.timer(0, lambda: got.append("timer"))
+        w = loop.io(a, "w", boom)
+        with caplog.at_level(logging.ERROR, logger="evws.loop"):
+            loop.run_once(0)
+            loop.run_once(0)
+        w.cancel()
+        assert "deferred" in got and "timer" in got
+        errors = [r for r in caplog.records if r.name == "evws.loop" and r.exc_info]
+        assert len(errors) >= 3
+        assert all(isinstance(r.exc_info[1], ValueError) for r in errors)
+
+    def test_keyboard_interrupt_propagates(self, loop):
+        def interrupt():
+            raise KeyboardInterrupt
+
+        loop.call_soon(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_once(0)
+        assert loop.depth == 0
+
+
+class TestRunStop:
+    def test_run_until_stop(self, loop):
+        got = []
+        loop.timer(0.01, lambda: got.append(1))
+        loop.timer(0.02, loop.stop)
+        loop.run()
+        assert got == [1]
+
+    def test_stop_returns_innermost_run_only(self, loop):
+        got = []
+
+        def inner():
+            loop.timer(0.01, loop.stop)
+            loop.run()
+            got.append("inner returned")
+            loop.timer(0.01, loop.stop)
+
+        loop.call_soon(inner)
+        loop.run()
+        assert got == ["inner returned"]
+
+    def test_depth_counts_nested_run_once(self, loop):
+        seen = []
+
+        def outer():
+            seen.append(loop.depth)
+            loop.call_soon(lambda: seen.append(loop.depth))
+            loop.run_once(0)
+
+        assert loop.depth == 0
+        loop.call_soon(outer)
+        loop.run_once(0)
+        assert seen == [1, 2]
+        assert loop.depth == 0
+
+    def test_closed_loop_refuses_work(self):
+        lp = Loop()
+        lp.close()
+        lp.close()
+        with pytest.raises(RuntimeError):
+            lp.call_soon(lambda: None)
+        with pytest.raises(RuntimeError):
+            lp.run_once(0)
+
+
+class TestGetLoop:
+    def test_one_default_per_thread(self):
+        mine = get_loop()
+        assert get_loop() is mine
+        other = []
+        t = threading.Thread(target=lambda: other.append(get_loop()))
+        t.start()
+        t.join(TIMEOUT)
+        assert other and other[0] is not mine
+        other[0].close()
+
+    def test_closed_default_is_replaced(self):
+        first = get_loop()
+        first.close()
+        second = get_loop()
+        assert second is not first and not second.closed
+
+
+@pytest.fixture
+def socketpair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
