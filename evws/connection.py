@@ -177,13 +177,25 @@ class Connection(EventEmitter):
 
     def _on_data(self, data: bytes) -> None:
         self.protocol.receive_data(data)
-        self._flush()
-        self._dispatch()
+        self._process()
 
     def _on_eof(self) -> None:
         self.protocol.receive_eof()
-        self._flush()
-        self._dispatch()
+        self._process()
+
+    def _process(self) -> None:
+        """Send what the protocol queued, then handle its events, batch by batch.
+
+        The protocol pauses after each complete message, so the answers a
+        handler sends go out before anything the following frames cause.
+        """
+        protocol = self.protocol
+        while True:
+            events = protocol.events_received()
+            self._flush()
+            if not events:
+                return
+            self._dispatch(events)
 
     def _on_stream_close(self, error: Optional[BaseException]) -> None:
         """The socket is gone: if the protocol did not finish, this is abnormal (1006)."""
@@ -192,7 +204,8 @@ class Connection(EventEmitter):
         if not self._finished:
             self.protocol.receive_eof()
             self.protocol.data_to_send()  # nowhere to send it any more
-            self._dispatch()
+            while events := self.protocol.events_received():
+                self._dispatch(events)
         self._finish()
 
     # -- protocol output ---------------------------------------------------
@@ -223,8 +236,8 @@ class Connection(EventEmitter):
             self._close_timer.cancel()
             self._close_timer = None
 
-    def _dispatch(self) -> None:
-        for event in self.protocol.events_received():
+    def _dispatch(self, events: list) -> None:
+        for event in events:
             kind = type(event)
             if kind is MessageReceived:
                 self._deliver(Message(event.payload, event.opcode))
@@ -270,8 +283,7 @@ class Connection(EventEmitter):
             self.is_write_open = False
             self.is_read_open = False
             self.protocol.fail(INTERNAL_ERROR, "handler error")
-            self._flush()
-            self._dispatch()
+            self._process()
 
     def _emit_safely(self, event: str, *args: Any) -> None:
         """Emit a rare event; a raising listener is logged, never propagated."""

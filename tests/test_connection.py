@@ -174,8 +174,8 @@ class TestProtocolErrors:
         (wire.frame(wire.TEXT, b"a", fin=False) + wire.frame(wire.TEXT, b"b"), 1002),
         (wire.frame(wire.TEXT, b"\xff"), 1007),
         (wire.frame(wire.CLOSE, b"\x03"), 1002),
-        (wire.frame(wire.CLOSE, wire.close_payload(1005)), 1002),
-        (wire.frame(wire.CLOSE, wire.close_payload(999)), 1002),
+        *[(wire.frame(wire.CLOSE, wire.close_payload(c)), 1002)
+          for c in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)],
         (wire.frame(wire.CLOSE, wire.close_payload(1000, b"\xff")), 1007),
     ])
     def test_fails_with_close_code(self, loop, server, data, code):
@@ -218,6 +218,15 @@ class TestProtocolErrors:
 
 
 class TestClosing:
+    @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
+                                      1013, 1014, 3000, 4999])
+    def test_valid_close_codes_are_echoed(self, loop, server, code):
+        conn, _, peer = open_connection(loop, server)
+        peer.send(wire.frame(wire.CLOSE, wire.close_payload(code)))
+        assert peer.read_until_eof() == [(True, wire.CLOSE, wire.close_payload(code))]
+        run_until(loop, lambda: conn.finished)
+        assert conn.close_code == code
+
     def test_peer_close_is_echoed_then_tcp_closed(self, loop, server):
         conn, _, peer = open_connection(loop, server)
         seen = record(conn)
@@ -294,3 +303,23 @@ class TestClosing:
         loop.run_once(0.05)
         assert len(seen["finish"]) == 1
         assert not conn.is_read_open and not conn.is_write_open
+
+
+class TestOrdering:
+    def test_echo_of_a_message_precedes_the_failure_the_next_frame_causes(self, loop, server):
+        conn, peer = echo_pair(loop, server)
+        seen = record(conn)
+        peer.send(wire.frame(wire.TEXT, b"Hello, world!") + wire.frame(wire.TEXT, b"x", rsv=2)
+                  + wire.frame(wire.PING))
+        frames = expect_failure(loop, peer, seen, 1002)
+        assert frames[0] == (True, wire.TEXT, b"Hello, world!")
+        assert [f[1] for f in frames] == [wire.TEXT, wire.CLOSE]  # no pong after the failure
+
+    def test_close_after_messages_in_one_segment(self, loop, server):
+        conn, peer = echo_pair(loop, server)
+        seen = record(conn)
+        peer.send(wire.frame(wire.TEXT, b"a") + wire.frame(wire.TEXT, b"b")
+                  + wire.frame(wire.CLOSE, wire.close_payload(1000)))
+        frames = peer.read_until_eof()
+        assert frames == [(True, 1, b"a"), (True, 1, b"b"), (True, 8, wire.close_payload(1000))]
+        run_until(loop, lambda: seen["finish"])

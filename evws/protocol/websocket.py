@@ -25,6 +25,14 @@ The closing rules live here, so that the I/O layer only has to obey:
 ``ConnectionLost`` is the last event and comes exactly once: when the server
 ends TCP after the handshake, when we fail, or at EOF, whichever is first.
 
+One message at a time: parsing stops after each complete data message and
+resumes when ``events_received()`` is called again with nothing left to
+return. The caller drains events until the list is empty, handling each
+batch (and sending what it answers) before the next one is parsed. So the
+echo of message 1 goes out before the Close frame that a bad frame 2 causes,
+and a handler that closes the connection after message 1 is not handed
+message 2 -- the order a peer sees is the order of the conversation.
+
 Buffering, and why it stays linear: the payload of a data frame is consumed
 as it arrives (unmasked, validated and appended to the message's list of
 parts), never kept in the receive buffer. What is left over between calls is at
@@ -159,6 +167,11 @@ class WebSocketProtocol:
         self._events: list = []
         self._out: list[bytes] = []
         self._buf = b""  # an incomplete header or control frame, see module doc
+        # Input not yet parsed because a message was completed before it:
+        # the bytes and where parsing resumes (kept whole, not sliced, so
+        # many small messages in one read cost no copies).
+        self._rest: bytes | None = None
+        self._rest_pos = 0
         self._input_closed = False  # Close received, EOF, or failed: discard input
         self._eof_sent = False
         self._lost = False
@@ -179,8 +192,19 @@ class WebSocketProtocol:
     # ------------------------------------------------------------------ output
 
     def events_received(self) -> list:
-        """Return the events parsed since the last call, and forget them."""
-        events, self._events = self._events, []
+        """Return the events parsed since the last call, and forget them.
+
+        Parsing pauses after each complete data message (see the module
+        docstring): call this until it returns an empty list, handling each
+        batch before asking for the next.
+        """
+        events = self._events
+        if not events and self._rest is not None:
+            data, pos = self._rest, self._rest_pos
+            self._rest = None
+            self._consume(data, pos)
+            events = self._events
+        self._events = []
         return events
 
     def data_to_send(self) -> list[bytes]:
@@ -208,18 +232,28 @@ class WebSocketProtocol:
         """Feed bytes received from the peer, split anywhere."""
         if self._input_closed or not data:
             return
-        if self._buf:
+        if self._rest is not None:
+            data = self._rest[self._rest_pos :] + data
+            self._rest = None
+        elif self._buf:
             data = self._buf + data
             self._buf = b""
         elif type(data) is not bytes:
             data = bytes(data)
+        self._consume(data, 0)
+
+    def _consume(self, data: bytes, pos: int) -> None:
+        """Parse ``data`` from ``pos``; keep what is left for later."""
         try:
-            pos = self._parse(data)
+            pos, paused = self._parse(data, pos)
         except ProtocolError as exc:
             self._fail(exc.close_code, _clip_reason(str(exc)), exc)
             return
         if pos < len(data) and not self._input_closed:
-            self._buf = data[pos:]
+            if paused:
+                self._rest, self._rest_pos = data, pos
+            else:
+                self._buf = data[pos:]
 
     def receive_eof(self) -> None:
         """The peer closed its side of TCP (or the I/O layer gave up on it).
@@ -230,6 +264,13 @@ class WebSocketProtocol:
         """
         if self._lost:
             return
+        while self._rest is not None and not self._input_closed:
+            # Input that came before the EOF is still due (7.1.5).
+            data, pos = self._rest, self._rest_pos
+            self._rest = None
+            self._consume(data, pos)
+        if self._lost:
+            return
         if self._debug:
             _log.debug("< EOF")
         self._input_closed = True
@@ -237,9 +278,12 @@ class WebSocketProtocol:
         self._end_tcp()
         self._finish()
 
-    def _parse(self, data: bytes) -> int:
-        """Consume frames from ``data``; return how far it got."""
-        pos = 0
+    def _parse(self, data: bytes, pos: int) -> tuple[int, bool]:
+        """Consume frames from ``data[pos:]``.
+
+        Returns how far it got, and whether it paused after a complete data
+        message with input left over (rather than for lack of input).
+        """
         end = len(data)
         events = self._events
         while pos < end:
@@ -259,7 +303,10 @@ class WebSocketProtocol:
                     chunk = apply_mask(chunk, key)
                     self._frame_keypos = (off + take) & 3
                 self._frame_left = left = left - take
+                final = left == 0 and self._frame_fin
                 self._payload(chunk, left == 0)
+                if final and pos < end:
+                    return pos, True
                 continue
 
             header = parse_header(data, pos, self.allowed_rsv_bits)
@@ -286,7 +333,7 @@ class WebSocketProtocol:
                 pos = stop
                 self._control(opcode, payload)
                 if self._input_closed:
-                    return end
+                    return end, False
                 continue
 
             # Data frame. 5.4: a continuation needs a message in progress, and
@@ -318,6 +365,8 @@ class WebSocketProtocol:
                     _log.debug("< %s %d bytes", _OPNAMES[opcode], length)
                 events.append(MessageReceived(opcode, payload))
                 pos = stop
+                if pos < end:
+                    return pos, True
                 continue
 
             if self._debug:
@@ -334,7 +383,9 @@ class WebSocketProtocol:
             pos = start
             if not length:
                 self._payload(b"", True)
-        return pos
+                if fin and pos < end:
+                    return pos, True
+        return pos, False
 
     def _payload(self, chunk: bytes, frame_done: bool) -> None:
         """Add a piece of the current data frame's payload to the message."""
@@ -379,6 +430,7 @@ class WebSocketProtocol:
         self.close_reason = reason
         self._input_closed = True
         self._buf = b""
+        self._rest = None
         self._reset_message()
         if self.close_sent is None:
             # 5.5.1: "If an endpoint receives a Close frame and did not
@@ -546,6 +598,7 @@ class WebSocketProtocol:
             _log.debug("! failing with %d %s", code, reason)
         self._input_closed = True
         self._buf = b""
+        self._rest = None
         self._reset_message()
         if self.close_sent is None:
             self._send_close_frame(code, reason)

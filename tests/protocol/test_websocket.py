@@ -109,6 +109,14 @@ def decode_output(chunks):
     return out
 
 
+def drain(p):
+    """All events the protocol has: it pauses after each message, so ask until empty."""
+    events = []
+    while batch := p.events_received():
+        events += batch
+    return events
+
+
 def frames_out(p):
     """Output frames without keys: [(opcode, payload, fin), ..., EOF]."""
     return [f if f == EOF else f[:3] for f in decode_output(p.data_to_send())]
@@ -132,12 +140,12 @@ def feed(request):
         else:
             tail = frame(10, b"tail", key=KEY if p.side == SERVER else None)
             p.receive_data(data + tail[:3])
-            events = p.events_received()
+            events = drain(p)
             p.receive_data(tail[3:])
             expected = [PongReceived(b"tail")] if p.close_code is None else []
-            assert p.events_received() == expected
+            assert drain(p) == expected
             return events
-        return p.events_received()
+        return drain(p)
 
     return feed
 
@@ -170,7 +178,7 @@ def assert_failed(p, events, code):
     # Once failed, input is ignored and nothing more happens.
     p.receive_data(frame(1, b"late"))
     p.receive_eof()
-    assert p.events_received() == []
+    assert drain(p) == []
     assert p.data_to_send() == []
 
 
@@ -187,7 +195,7 @@ class TestConstruction:
         assert p.max_fragments is None
         assert p.close_code is None and p.close_reason is None and p.close_sent is None
         assert not p.close_expected()
-        assert p.events_received() == [] and p.data_to_send() == []
+        assert drain(p) == [] and p.data_to_send() == []
 
     def test_side_as_int(self):
         assert WebSocketProtocol(1).side is CLIENT
@@ -196,7 +204,7 @@ class TestConstruction:
         p = server()
         p.receive_data(frame(2, b"x"))
         p.send_binary(b"y")
-        assert len(p.events_received()) == 1 and p.events_received() == []
+        assert len(drain(p)) == 1 and drain(p) == []
         assert len(p.data_to_send()) == 1 and p.data_to_send() == []
 
 
@@ -282,7 +290,7 @@ class TestMasking:
             p = server()
             p.receive_data(data[:cut])
             p.receive_data(data[cut:])
-            assert p.events_received() == [MessageReceived(2, payload)]
+            assert drain(p) == [MessageReceived(2, payload)]
 
 
 class TestLengths:
@@ -293,7 +301,7 @@ class TestLengths:
         payload = os.urandom(size)
         for p, data in ((server(), frame(2, payload)), (client(), sframe(2, payload))):
             p.receive_data(data)
-            assert p.events_received() == [MessageReceived(2, payload)]
+            assert drain(p) == [MessageReceived(2, payload)]
 
     @pytest.mark.parametrize("bits", [16, 64])
     def test_non_minimal_encodings_are_accepted(self, feed, bits):
@@ -351,9 +359,9 @@ class TestReservedBitsAndOpcodes:
         p = server()
         p.allowed_rsv_bits = 0x40
         p.receive_data(frame(2, b"z", rsv=0x40))
-        assert p.events_received() == [MessageReceived(2, b"z")]
+        assert drain(p) == [MessageReceived(2, b"z")]
         p.receive_data(frame(2, b"z", rsv=0x20))
-        assert_failed(p, p.events_received(), 1002)
+        assert_failed(p, drain(p), 1002)
 
     @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 11, 12, 13, 14, 15])
     def test_unknown_opcodes(self, feed, opcode):
@@ -519,7 +527,7 @@ class TestUtf8:
         p = server()
         data = frame(1, b"ab\xc0" + b"z" * 50)
         p.receive_data(data[:10])  # header + "ab\xc0" + a little
-        assert_failed(p, p.events_received(), 1007)
+        assert_failed(p, drain(p), 1007)
 
     def test_truncated_at_the_end_of_the_message(self, feed):
         p = server()
@@ -553,7 +561,7 @@ class TestLimits:
         p = server()
         # A header claiming 2**62 bytes fails before any payload byte arrives.
         p.receive_data(b"\x82\xff" + struct.pack("!Q", 1 << 62) + KEY)
-        assert_failed(p, p.events_received(), 1009)
+        assert_failed(p, drain(p), 1009)
 
     def test_limit_counts_all_fragments(self, feed):
         p = server(max_payload_size=10)
@@ -570,7 +578,7 @@ class TestLimits:
         p = server(max_payload_size=None)
         payload = os.urandom(2 << 20)
         p.receive_data(frame(2, payload, key=b"\0\0\0\0"))
-        assert p.events_received() == [MessageReceived(2, payload)]
+        assert drain(p) == [MessageReceived(2, payload)]
 
     def test_control_frames_do_not_count(self, feed):
         p = server(max_payload_size=3)
@@ -590,7 +598,7 @@ class TestClosingServer:
         assert (p.close_code, p.close_reason, p.close_sent) == (1000, "bye", (1000, ""))
         assert not p.close_expected()
         p.receive_eof()  # the client's EOF follows: already finished
-        assert p.events_received() == [] and p.data_to_send() == []
+        assert drain(p) == [] and p.data_to_send() == []
 
     def test_received_code_is_echoed(self, feed):
         p = server()
@@ -627,7 +635,7 @@ class TestClosingServer:
         events = feed(p, frame(8, close_payload(1000)) + frame(1, b"ignored") + b"\xff\xff")
         assert events == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
         p.receive_data(frame(1, b"still ignored"))
-        assert p.events_received() == []
+        assert drain(p) == []
 
     def test_close_discards_a_partial_message(self, feed):
         p = server()
@@ -690,7 +698,7 @@ class TestClosingClient:
         assert p.state == CLOSING and p.close_expected()
         p.receive_data(sframe(1, b"discarded"))
         p.receive_eof()
-        assert p.events_received() == [ConnectionLost(1000, "done")]
+        assert drain(p) == [ConnectionLost(1000, "done")]
         assert p.data_to_send() == [b""]
         assert p.state == CLOSED and not p.close_expected()
 
@@ -704,10 +712,10 @@ class TestClosingClient:
         assert p.data_to_send() == []
         assert p.state == CLOSING and p.close_expected()
         p.receive_eof()
-        assert p.events_received() == [ConnectionLost(3000, "")]
+        assert drain(p) == [ConnectionLost(3000, "")]
         assert p.data_to_send() == [b""]
         p.receive_eof()
-        assert p.events_received() == []
+        assert drain(p) == []
 
     def test_empty_close(self, feed):
         p = client()
@@ -719,27 +727,27 @@ class TestEOF:
     def test_eof_without_close(self):
         for p in (server(), client()):
             p.receive_eof()
-            assert p.events_received() == [ConnectionLost(1006, "")]
+            assert drain(p) == [ConnectionLost(1006, "")]
             assert p.data_to_send() == [b""]
             assert (p.state, p.close_code, p.close_reason) == (CLOSED, 1006, "")
             p.receive_eof()
             p.receive_data(frame(1, b"x"))
-            assert p.events_received() == [] and p.data_to_send() == []
+            assert drain(p) == [] and p.data_to_send() == []
             with pytest.raises(ConnectionClosed):
                 p.send_text("x")
 
     def test_eof_mid_message(self):
         p = server()
         p.receive_data(frame(1, b"ab", fin=False) + frame(0, b"cdef")[:9])
-        assert p.events_received() == []
+        assert drain(p) == []
         p.receive_eof()
-        assert p.events_received() == [ConnectionLost(1006, "")]
+        assert drain(p) == [ConnectionLost(1006, "")]
 
     def test_eof_after_our_close(self):
         p = server()
         p.send_close()
         p.receive_eof()
-        assert p.events_received() == [ConnectionLost(1006, "")]
+        assert drain(p) == [ConnectionLost(1006, "")]
         assert frames_out(p) == [(8, b"\x03\xe8", True), EOF]
 
 
@@ -749,12 +757,12 @@ class TestFail:
     def test_fail(self):
         p = server()
         p.fail(1011, "handler raised")
-        assert p.events_received() == [ConnectionLost(1006, "")]  # no ConnectionFailed
+        assert drain(p) == [ConnectionLost(1006, "")]  # no ConnectionFailed
         assert p.data_to_send() == [b"\x88\x10\x03\xf3handler raised", b""]
         assert p.state == CLOSED and p.close_sent == (1011, "handler raised")
         p.fail(1011)
         p.receive_eof()
-        assert p.events_received() == [] and p.data_to_send() == []
+        assert drain(p) == [] and p.data_to_send() == []
         with pytest.raises(ConnectionClosed):
             p.send_binary(b"x")
 
@@ -763,26 +771,26 @@ class TestFail:
         p.send_close(1000)
         p.fail(1011)
         assert p.data_to_send() == [b"\x88\x02\x03\xe8", b""]
-        assert p.events_received() == [ConnectionLost(1006, "")]
+        assert drain(p) == [ConnectionLost(1006, "")]
 
     def test_client_fail_does_not_wait_for_the_server(self):
         p = client()
         p.fail(1002)
         assert frames_out(p) == [(8, b"\x03\xea", True), EOF]
-        assert p.events_received() == [ConnectionLost(1006, "")]
+        assert drain(p) == [ConnectionLost(1006, "")]
 
     def test_client_fail_while_waiting_for_eof(self):
         p = client()
         p.receive_data(sframe(8, close_payload(1000)))
         p.fail(1011)  # e.g. the close timer ran out
-        assert p.events_received() == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
+        assert drain(p) == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
         assert frames_out(p) == [(8, b"\x03\xe8", True), EOF]
 
     def test_fail_validates_before_changing_anything(self):
         p = server()
         with pytest.raises(ValueError):
             p.fail(1006)
-        assert p.state == OPEN and p.data_to_send() == [] and p.events_received() == []
+        assert p.state == OPEN and p.data_to_send() == [] and drain(p) == []
 
     def test_long_error_reasons_are_clipped(self):
         p = server()
@@ -821,13 +829,13 @@ class TestConnectionLostOnce:
         side, run = self.PATHS[path]
         p = WebSocketProtocol(side)
         run(p)
-        events = p.events_received()
+        events = drain(p)
         # Everything that may still happen afterwards.
         p.receive_eof()
         p.receive_data(frame(1, b"x") + sframe(1, b"x"))
         p.fail(1011)
         p.receive_eof()
-        events += p.events_received()
+        events += drain(p)
         lost = [e for e in events if isinstance(e, ConnectionLost)]
         assert len(lost) == 1 and events[-1] is lost[0]
         assert p.state == CLOSED
@@ -848,7 +856,7 @@ class TestLinearCost:
             p.receive_data(data[i : i + 1])
             largest = max(largest, len(p._buf))
         assert largest <= 2 + 4 + 125  # at most one incomplete control frame
-        assert p.events_received() == [
+        assert drain(p) == [
             PingReceived(b"x" * 125), MessageReceived(1, b"a" * 200 + b"b" * 70000),
         ]
 
@@ -866,7 +874,7 @@ class TestLinearCost:
         for i in range(0, len(data), 65536):
             p.receive_data(view[i : i + 65536])
         elapsed = time.perf_counter() - start
-        (event,) = p.events_received()
+        (event,) = drain(p)
         assert len(event.payload) == size and event.payload[-piece:] == chunk
         # Linear work takes well under a second here; a quadratic join or
         # buffer shift per fragment would take minutes.
@@ -917,17 +925,17 @@ class TestEchoRoundTrip:
         c.send_text("héllo")
         c.send_binary(b"\x00" * 70000)
         pump()
-        for event in s.events_received():
+        for event in drain(s):
             s.send_message(event.payload, event.opcode)
         pump()
-        assert c.events_received() == [
+        assert drain(c) == [
             MessageReceived(1, "héllo".encode()), MessageReceived(2, b"\x00" * 70000),
         ]
         c.send_close(1000, "bye")
         pump()
-        assert s.events_received() == [CloseReceived(1000, "bye"), ConnectionLost(1000, "bye")]
+        assert drain(s) == [CloseReceived(1000, "bye"), ConnectionLost(1000, "bye")]
         pump()  # the server's echo and EOF reach the client
-        assert c.events_received() == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
+        assert drain(c) == [CloseReceived(1000, ""), ConnectionLost(1000, "")]
         assert (c.state, s.state) == (CLOSED, CLOSED)
 
 
@@ -949,7 +957,7 @@ STREAM = b"".join(
 def _reference_events():
     p = server()
     p.receive_data(STREAM)
-    return p.events_received(), p.data_to_send()
+    return drain(p), p.data_to_send()
 
 
 REFERENCE = _reference_events()
@@ -963,7 +971,7 @@ def test_random_split_points_yield_the_same_events(cuts):
     bounds = [0, *sorted(cuts), len(STREAM)]
     for a, b in zip(bounds, bounds[1:]):
         p.receive_data(STREAM[a:b])
-        events += p.events_received()
+        events += drain(p)
         out += p.data_to_send()
     assert (events, out) == REFERENCE
     assert len(events) == 7 and events[-1] == ConnectionLost(1000, "end")
@@ -996,3 +1004,52 @@ class TestEventsAndLogging:
         caplog.set_level("DEBUG", logger="evws.protocol")  # too late: the flag is cached
         p.receive_data(frame(1, b"a") + frame(5))
         assert [r for r in caplog.records if r.name == "evws.protocol"] == []
+
+
+class TestOneMessageAtATime:
+    """Parsing pauses after each complete message until its events are taken."""
+
+    def test_answer_to_message_one_precedes_the_failure_frame_two_causes(self):
+        p = server()
+        p.receive_data(frame(1, b"Hello") + frame(1, b"x", rsv=2) + frame(9, b"p"))
+        assert p.events_received() == [MessageReceived(1, b"Hello")]
+        assert p.data_to_send() == []  # nothing decided about frame two yet
+        p.send_message(b"Hello", 1)  # the application's echo
+        events = drain(p)
+        assert [type(e) for e in events] == [ConnectionFailed, ConnectionLost]
+        out = frames_out(p)
+        assert out[0] == (1, b"Hello", True)
+        assert out[1][0] == 8 and out[1][1][:2] == struct.pack("!H", 1002)
+        assert out[2:] == [EOF]
+
+    def test_many_messages_in_one_input_come_one_batch_each(self):
+        p = server()
+        p.receive_data(b"".join(frame(2, bytes([i])) for i in range(5)))
+        batches = []
+        while batch := p.events_received():
+            batches.append(batch)
+        assert batches == [[MessageReceived(2, bytes([i]))] for i in range(5)]
+
+    def test_input_fed_before_the_events_were_taken_is_kept_in_order(self):
+        p = server()
+        p.receive_data(frame(2, b"a") + frame(2, b"b"))
+        p.receive_data(frame(2, b"c"))
+        assert drain(p) == [MessageReceived(2, b"a"), MessageReceived(2, b"b"),
+                            MessageReceived(2, b"c")]
+
+    def test_eof_after_unread_messages_delivers_them_first(self):
+        p = server()
+        p.receive_data(frame(2, b"a") + frame(2, b"b"))
+        p.receive_eof()
+        assert drain(p) == [MessageReceived(2, b"a"), MessageReceived(2, b"b"),
+                            ConnectionLost(1006, "")]
+
+    def test_fragmented_message_then_bad_continuation(self):
+        # Autobahn 5.15: the complete message is answered before the failure.
+        p = server()
+        p.receive_data(frame(1, b"frag1", fin=False) + frame(0, b"frag2")
+                       + frame(0, b"frag3", fin=False) + frame(1, b"frag4"))
+        assert p.events_received() == [MessageReceived(1, b"frag1frag2")]
+        assert p.data_to_send() == []
+        events = drain(p)
+        assert isinstance(events[0], ConnectionFailed) and events[0].code == 1002
