@@ -1,6 +1,44 @@
-"""Packaging for evws (setuptools)."""
+"""Packaging for evws (setuptools).
 
-from setuptools import find_packages, setup
+The C extension ``evws._speedups`` (unmasking, UTF-8 validation) is optional:
+evws is pure Python and falls back to its Python code paths when the extension
+is missing. So a failed compile -- no compiler, no Python headers -- must never
+fail the install; ``OptionalBuildExt`` turns it into a warning. Set
+``EVWS_NO_SPEEDUPS=1`` to skip the extension on purpose.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns instead of failing: the extension only speeds evws up."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # compiler missing (DistutilsPlatformError, OSError...)
+            self._skip(exc)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # CompileError, LinkError...
+            self._skip(exc)
+
+    @staticmethod
+    def _skip(exc: Exception) -> None:
+        print(f"WARNING: evws C speedups not built ({exc!r}); "
+              "the pure-Python code paths will be used.", file=sys.stderr)
+
+
+if os.environ.get("EVWS_NO_SPEEDUPS"):
+    ext_modules = []
+else:
+    ext_modules = [Extension("evws._speedups", ["evws/_speedups.c"], optional=True)]
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
@@ -14,6 +52,8 @@ setup(
     license="MIT",
     packages=find_packages(include=["evws", "evws.*"]),
     package_data={"evws": ["py.typed"]},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": OptionalBuildExt},
     python_requires=">=3.10",
     install_requires=["pyee>=11"],
     extras_require={

@@ -9,6 +9,7 @@ Three layers, each importable alone:
 Every public name is importable from ``evws`` directly.
 """
 
+from .client import Client, connect, connection_pair
 from .connection import Connection
 from .errors import (
     ConnectionClosed,
@@ -31,6 +32,7 @@ from .server import Server
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "CondVar",
     "Connection",
     "ConnectionClosed",
@@ -48,6 +50,8 @@ __all__ = [
     "TcpServer",
     "WaitTimeout",
     "WebSocketError",
+    "connect",
+    "connection_pair",
     "get_loop",
     "tcp_server",
     "__version__",

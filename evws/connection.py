@@ -21,22 +21,46 @@ Events (AnyEvent::WebSocket::Connection names):
 
 A ``Connection`` stays alive while its socket is open (the loop holds it
 through the stream's watchers), so users need not keep a reference.
+
+Hardening lives here so that both sides get it (the server builds
+connections, and so will the client):
+
+Keepalive (``ping_interval`` / ``ping_timeout``)
+    every ``ping_interval`` seconds a Ping with a fresh 8-byte payload goes
+    out; the Pong that echoes that payload (and only that one: an unsolicited
+    or stale Pong is ignored) sets :attr:`Connection.latency`. Without a
+    matching Pong within ``ping_timeout`` the peer is presumed dead and the
+    connection is failed with 1011, so ``finish`` fires instead of a socket
+    lingering for ever. One Ping is outstanding at a time.
+Back-pressure (``write_limit``)
+    while more than ``write_limit`` bytes wait to be written to the peer, the
+    connection stops reading from it (the kernel buffers fill, then the peer
+    blocks); reading resumes once the queue drained. This bounds what a peer
+    that floods us with Pings but never reads our Pongs (or never reads at
+    all) can make us hold: ``write_limit`` plus what one read produces.
+Timers
+    the ping, pong and close timers are cancelled on every teardown path, in
+    :meth:`Connection._finish`, the single place ``finish`` comes from.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import struct
 from typing import Any, Callable, Optional, Union
 
 from pyee import EventEmitter
 
-from .errors import ConnectionClosed, ProtocolError
+from .errors import ConnectionClosed
 from .message import Message
 from .protocol.events import (
     CloseReceived,
     ConnectionFailed,
     ConnectionLost,
     MessageReceived,
+    PongReceived,
 )
 from .protocol.frames import Opcode
 from .protocol.websocket import Side, WebSocketProtocol
@@ -51,6 +75,17 @@ Sendable = Union[str, bytes, bytearray, memoryview, Message]
 
 #: RFC 6455 7.4.1: 1011 = the endpoint met an unexpected condition.
 INTERNAL_ERROR = 1011
+
+#: Defaults shared by server and client connections (those of ``websockets``).
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_PING_TIMEOUT = 20.0
+#: Stop reading from a peer while this much output is queued for it.
+DEFAULT_WRITE_LIMIT = 1 << 20
+
+# Ping payloads: a per-process random prefix and a counter, so a payload is
+# never reused by this process and a peer cannot guess the next one.
+_PING_PREFIX = os.urandom(4)
+_ping_counter = itertools.count(1)
 
 
 class Connection(EventEmitter):
@@ -69,12 +104,23 @@ class Connection(EventEmitter):
         close_timeout: float = 10.0,
         subprotocol: Optional[str] = None,
         request: Any = None,
+        ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+        ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+        write_limit: Optional[int] = DEFAULT_WRITE_LIMIT,
     ) -> None:
         super().__init__()
         self.loop = loop or get_loop()
         self.stream = stream
         self.protocol = protocol
         self.close_timeout = close_timeout
+        #: seconds between keepalive Pings (None: no keepalive)
+        self.ping_interval = ping_interval
+        #: seconds a Ping may wait for its Pong before the peer is presumed dead
+        self.ping_timeout = ping_timeout
+        #: queued output (bytes) above which reading from the peer pauses
+        self.write_limit = write_limit
+        #: round-trip time in seconds of the last keepalive Ping answered, or None
+        self.latency: Optional[float] = None
         #: the subprotocol agreed in the handshake, or None
         self.subprotocol = subprotocol
         #: the handshake request (server side), an :class:`evws.Request`
@@ -85,10 +131,16 @@ class Connection(EventEmitter):
         self.is_write_open = True
         self._finished = False
         self._close_timer: Any = None
+        self._ping_timer: Any = None
+        self._pong_timer: Any = None
+        self._ping_payload: Optional[bytes] = None
+        self._ping_sent_at = 0.0
+        self._read_paused = False
         self._internal_finish: list[Callable[["Connection"], None]] = []
         stream.on_data = self._on_data
         stream.on_eof = self._on_eof
         stream.on_close = self._on_stream_close
+        stream.on_drain = self._on_drain
 
     # -- attributes of the original -------------------------------------
 
@@ -172,6 +224,11 @@ class Connection(EventEmitter):
         if self._finished:
             return
         self.stream.start_reading()
+        if self._read_paused:
+            self.stream.pause_reading()
+        if self.ping_interval is not None and self._ping_timer is None:
+            self._ping_timer = self.loop.timer(self.ping_interval, self._on_ping_timer,
+                                               interval=self.ping_interval)
         if initial:
             self._on_data(initial)
 
@@ -222,6 +279,72 @@ class Connection(EventEmitter):
                 stream.close()
         if self.protocol.close_expected() and self._close_timer is None and not self._finished:
             self._close_timer = self.loop.timer(self.close_timeout, self._on_close_timeout)
+        limit = self.write_limit
+        if (limit is not None and not self._read_paused
+                and stream.buffered_amount > limit and not stream.closing):
+            # Back-pressure: do not read (and so answer) more until the peer
+            # has taken what we owe it.
+            self._read_paused = True
+            stream.pause_reading()
+
+    def _on_drain(self) -> None:
+        """Everything queued reached the kernel: read from the peer again."""
+        if self._read_paused:
+            self._read_paused = False
+            if not self._finished and not self.stream.closing:
+                self.stream.resume_reading()
+
+    # -- keepalive ---------------------------------------------------------
+
+    def _on_ping_timer(self) -> None:
+        """Every ``ping_interval``: send a Ping unless one is still unanswered."""
+        if self._finished or not self.is_write_open or self.protocol.close_sent is not None:
+            self._cancel_keepalive()
+            return
+        if self._ping_payload is not None:
+            return  # the previous Ping is still out; its own timeout covers it
+        payload = _PING_PREFIX + struct.pack("!I", next(_ping_counter) & 0xFFFFFFFF)
+        try:
+            self.protocol.send_ping(payload)
+        except ConnectionClosed:
+            self._cancel_keepalive()
+            return
+        self._ping_payload = payload
+        self._ping_sent_at = self.loop.time()
+        if self.ping_timeout is not None:
+            self._pong_timer = self.loop.timer(self.ping_timeout, self._on_pong_timeout)
+        self._flush()
+
+    def _on_pong(self, payload: bytes) -> None:
+        if self._ping_payload is None or payload != self._ping_payload:
+            return  # unsolicited (a heartbeat) or the answer to a user's Ping
+        self.latency = self.loop.time() - self._ping_sent_at
+        self._ping_payload = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+
+    def _on_pong_timeout(self) -> None:
+        """No Pong in time: the peer (or the path to it) is dead. Fail with 1011."""
+        self._pong_timer = None
+        if self._finished:
+            return
+        log.debug("no pong within %.1f s: failing the connection with 1011", self.ping_timeout)
+        if self.close_error is None:
+            self.close_error = TimeoutError(
+                f"keepalive ping timeout: no pong within {self.ping_timeout} s")
+        self.is_read_open = self.is_write_open = False
+        self.protocol.fail(INTERNAL_ERROR, "keepalive ping timeout")
+        self._process()
+
+    def _cancel_keepalive(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+        self._ping_payload = None
 
     def _on_close_timeout(self) -> None:
         """RFC 6455 7.1.1: the peer never finished the closing handshake; drop TCP."""
@@ -249,9 +372,11 @@ class Connection(EventEmitter):
                 self.is_read_open = self.is_write_open = False
                 self.close_error = event.error
                 self._emit_safely("parse_error", self, str(event.error))
+            elif kind is PongReceived:
+                self._on_pong(event.payload)
             elif kind is ConnectionLost:
                 self._finish()
-            # PingReceived / PongReceived: the protocol already answered pings.
+            # PingReceived: the protocol already answered it.
 
     def _deliver(self, message: Message) -> None:
         """Run next_message then each_message listeners, directly.
@@ -300,6 +425,7 @@ class Connection(EventEmitter):
         self._finished = True
         self.is_read_open = self.is_write_open = False
         self._cancel_close_timer()
+        self._cancel_keepalive()
         if not self.stream.closed:
             self.stream.close()
         for hook in self._internal_finish:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any, Callable, Mapping, Optional, Tuple, Union
+import ssl
+from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple, Union
 
 from .connection import Connection
 from .errors import HandshakeError
@@ -26,10 +27,12 @@ from .protocol.handshake import (
     parse_request,
 )
 from .protocol.http import Headers, RequestHead, RequestHeadParser, ResponseHeadParser, http_error
+from .protocol.deflate import DeflateConfig, DeflateParams, negotiate_server, params_from_response
 from .protocol.websocket import Side, WebSocketProtocol
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
+from .reactor.tls import server_context, tls_handshake, wrap_server
 
 __all__ = ["Server"]
 
@@ -57,11 +60,38 @@ class Server:
             reject. Ignored when ``handshake`` is given.
         max_payload_size: largest message accepted, all fragments together
             (default 1 MiB; ``None`` = no limit). Larger ones close with 1009.
-        max_fragments: most frames in one message (``None`` = no limit).
+        max_fragments: most frames in one message (default 131072, twice
+            what Autobahn's 4 MiB-in-64-byte-fragments case sends; 1009
+            beyond; ``None`` = no limit). Bounds the per-fragment overhead
+            an attacker can make a message cost.
         max_handshake_size: largest request head accepted (431 beyond).
         handshake_timeout: seconds a client has to send its request.
         close_timeout: seconds to wait for the peer to finish a closing handshake.
+        ping_interval: seconds between keepalive Pings (default 20; ``None``
+            disables keepalive). See :class:`~evws.connection.Connection`.
+        ping_timeout: seconds a keepalive Ping may wait for its Pong before the
+            connection fails with 1011 (default 20; ``None``: never).
+        write_limit: bytes queued for a peer above which evws stops reading
+            from it until they are written (default 1 MiB; ``None``: never).
         loop: the :class:`~evws.reactor.loop.Loop` to run on (default: ``get_loop()``).
+        ssl_cert_file: PEM certificate chain; turns TLS on (as in the
+            original's last release). It may hold the private key too.
+        ssl_key_file: PEM private key, when not in ``ssl_cert_file``.
+        ssl_context: a ready server ``ssl.SSLContext`` instead of the files.
+        compression: ``"deflate"`` (default) accepts a client's
+            permessage-deflate offer (RFC 7692); ``None`` declines it.
+        deflate_config: a :class:`~evws.protocol.deflate.DeflateConfig`
+            (window sizes, context takeover, level); default ``DeflateConfig()``.
+
+    The agreed extension is the ``extensions`` of the default response handed
+    to ``handshake``: set it to ``None`` there to refuse compression. A raw
+    response has compression only if its ``Sec-WebSocket-Extensions`` says so.
+
+    With TLS, :meth:`establish` takes a plain accepted socket and runs the TLS
+    handshake on the loop before the HTTP one (``handshake_timeout`` bounds
+    each). Wrapping detaches ``sock`` (closing it is then a no-op, sending on
+    it fails), so on a failed handshake evws itself answers the HTTP error
+    over TLS, if TLS was up, and closes the connection.
     """
 
     def __init__(
@@ -70,12 +100,30 @@ class Server:
         validator: Optional[Validator] = None,
         *,
         max_payload_size: Optional[int] = 1 << 20,
-        max_fragments: Optional[int] = None,
+        max_fragments: Optional[int] = 1 << 17,
         max_handshake_size: int = 16384,
         handshake_timeout: Optional[float] = 10.0,
         close_timeout: float = 10.0,
+        ping_interval: Optional[float] = 20.0,
+        ping_timeout: Optional[float] = 20.0,
+        write_limit: Optional[int] = 1 << 20,
         loop: Optional[Loop] = None,
+        ssl_key_file: Optional[str] = None,
+        ssl_cert_file: Optional[str] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        compression: Optional[str] = "deflate",
+        deflate_config: Optional[DeflateConfig] = None,
     ) -> None:
+        if compression not in ("deflate", None):
+            raise ValueError(f"compression must be 'deflate' or None, not {compression!r}")
+        if ssl_context is not None and (ssl_cert_file or ssl_key_file):
+            raise ValueError("give ssl_context or ssl_cert_file/ssl_key_file, not both")
+        if ssl_key_file and not ssl_cert_file:
+            raise ValueError("ssl_key_file needs ssl_cert_file")
+        if ssl_cert_file:
+            ssl_context = server_context(ssl_cert_file, ssl_key_file)
+        #: the server's ``ssl.SSLContext``, or None for plain TCP
+        self.ssl_context = ssl_context
         self.handshake = handshake
         self.validator = validator
         self.max_payload_size = max_payload_size
@@ -83,6 +131,14 @@ class Server:
         self.max_handshake_size = max_handshake_size
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.write_limit = write_limit
+        self._listeners: list[Any] = []
+        self._shutting_down = False
+        #: "deflate" (permessage-deflate, RFC 7692, when the client offers it) or None
+        self.compression = compression
+        self.deflate_config = deflate_config or DeflateConfig()
         self.loop = loop or get_loop()
         self._connections: set[Connection] = set()
 
@@ -92,11 +148,49 @@ class Server:
         """Run the opening handshake on ``sock``.
 
         Returns a CondVar that yields ``(connection, *handshake_results)`` or
-        croaks with a :class:`HandshakeError`.
+        croaks with a :class:`HandshakeError`. With TLS (see the class
+        docstring) a failed TLS handshake croaks a ``HandshakeError`` whose
+        ``__cause__`` is the ``ssl.SSLError`` (408 when it timed out).
         """
         cv = CondVar(self.loop)
-        _RequestReader(self, sock, cv).start()
+        if self.ssl_context is None:
+            _RequestReader(self, sock, cv).start()
+        else:
+            self._establish_tls(sock, cv)
         return cv
+
+    def _establish_tls(self, sock: socket.socket, cv: CondVar) -> None:
+        """TLS handshake on the loop, then the usual request reader on the TLS socket."""
+        try:
+            tls_sock = wrap_server(sock, self.ssl_context)  # type: ignore[arg-type]
+        except (OSError, ValueError) as exc:
+            cv.croak(_chained(HandshakeError(f"cannot start TLS: {exc}", status=400), exc))
+            return
+        tls_up = False
+
+        def tls_done(shake: CondVar) -> None:
+            nonlocal tls_up
+            try:
+                shake.recv()
+            except OSError as exc:
+                tls_sock.close()
+                status = 408 if isinstance(exc, TimeoutError) else 400
+                cv.croak(_chained(HandshakeError(f"TLS handshake failed: {exc}", status=status), exc))
+                return
+            tls_up = True
+            _RequestReader(self, tls_sock, cv).start()
+
+        def on_ready(ready: CondVar) -> None:
+            # The caller cannot answer on a detached socket: do it here.
+            error = ready._error
+            if tls_up and isinstance(error, HandshakeError):
+                stream = Stream(tls_sock, self.loop, linger=1.0)
+                if error.response:
+                    stream.write(error.response)
+                stream.close()
+
+        cv.cb(on_ready)
+        tls_handshake(tls_sock, self.loop, timeout=self.handshake_timeout).cb(tls_done)
 
     def establish_wsgi(self, environ: Mapping[str, Any],
                        sock: Optional[socket.socket] = None) -> CondVar:
@@ -122,22 +216,56 @@ class Server:
             return cv
         leftover = environ.get("evws.leftover", b"")
         self._accept(sock, request, leftover, cv)
+        if cv._error is None and isinstance(environ, MutableMapping):
+            # The socket belongs to the Connection now: evws.wsgi lets go of it.
+            environ["evws.upgraded"] = True
         return cv
+
+    def listen(self, host: Optional[str], port: int,
+               fn: Callable[[socket.socket, str, int], Any], **options: Any) -> Any:
+        """:func:`evws.tcp_server` on this server's loop, remembered for :meth:`shutdown`.
+
+        ``fn(sock, peer_host, peer_port)`` is the usual accept callback (it
+        calls :meth:`establish`). Returns the :class:`~evws.TcpServer` guard;
+        :meth:`shutdown` closes it, so no new connection is accepted.
+        """
+        from .reactor.tcp import tcp_server
+        listener = tcp_server(host, port, fn, loop=self.loop, **options)
+        self._listeners.append(listener)
+        return listener
 
     def shutdown(self, code: int = 1001, reason: str = "",
                  timeout: Optional[float] = None) -> CondVar:
-        """Close every connection this server established; the CondVar is ready when all finished."""
+        """Stop accepting and close every live connection; the CondVar is ready when all finished.
+
+        The listeners made by :meth:`listen` are closed, handshakes that
+        complete from now on croak (503), and each connection sends what it
+        had queued, then a Close frame with ``code`` and ``reason``, and
+        finishes when the peer answers. After ``timeout`` seconds (``None``:
+        only each connection's ``close_timeout``) the stragglers are aborted.
+        """
+        self._shutting_down = True
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
         cv = CondVar(self.loop)
-        cv.begin()
+        timer: Any = None
+
+        def done(_cv: CondVar) -> None:
+            if timer is not None:
+                timer.cancel()
+            cv.send()
+        cv.begin(done)
         for conn in list(self._connections):
             cv.begin()
             conn._internal_finish.append(lambda _conn: cv.end())
             conn.close(code, reason)
-        if timeout is not None:
+        if timeout is not None and not cv.ready:
             def expire() -> None:
                 for conn in list(self._connections):
+                    log.debug("shutdown timeout: aborting %r", conn)
                     conn.stream.abort()
-            self.loop.timer(timeout, expire)
+            timer = self.loop.timer(timeout, expire)
         cv.end()
         return cv
 
@@ -151,6 +279,8 @@ class Server:
     def _accept(self, sock: socket.socket, request: Request, leftover: bytes, cv: CondVar) -> None:
         """Check the request, ask the user, answer 101 and build the Connection."""
         try:
+            if self._shutting_down:
+                raise http_error(503, "server shutting down")
             check_request(request)
             response, results = self._negotiate(request)
             response_bytes, subprotocol = _render(response)
@@ -158,10 +288,13 @@ class Server:
             cv.croak(exc)
             return
         protocol = WebSocketProtocol(Side.SERVER, max_payload_size=self.max_payload_size,
-                                     max_fragments=self.max_fragments)
+                                     max_fragments=self.max_fragments,
+                                     deflate=self._agreed_deflate(response, response_bytes))
         stream = Stream(sock, self.loop)
         conn = Connection(stream, protocol, loop=self.loop, close_timeout=self.close_timeout,
-                          subprotocol=subprotocol, request=request)
+                          subprotocol=subprotocol, request=request,
+                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+                          write_limit=self.write_limit)
         stream.write(response_bytes)
         self._connections.add(conn)
         conn._internal_finish.append(self._connections.discard)
@@ -172,6 +305,9 @@ class Server:
 
     def _negotiate(self, request: Request) -> Tuple[Union[Response, RawResponse], tuple]:
         default = default_response(request)
+        if self.compression == "deflate":
+            # RFC 7692 7.1: accept the first acceptable offer, decline the rest.
+            default.extensions, _ = negotiate_server(request.extensions, self.deflate_config)
         if self.handshake is not None:
             result = _call_user(self.handshake, request, default)
             if result is None:
@@ -189,6 +325,25 @@ class Server:
                 return default, ()
             return default, result if isinstance(result, tuple) else (result,)
         return default, ()
+
+
+    def _agreed_deflate(self, response: Union[Response, RawResponse],
+                        response_bytes: bytes) -> Optional[DeflateParams]:
+        """The permessage-deflate parameters the written response agrees to.
+
+        What the client reads is what is in effect: the ``extensions`` of a
+        ``Response`` (the callback may have cleared it), or the
+        ``Sec-WebSocket-Extensions`` header of a raw response.
+        """
+        if isinstance(response, Response):
+            value = response.extensions
+        else:
+            try:
+                head = ResponseHeadParser().feed(response_bytes)
+            except HandshakeError:
+                return None
+            value = head.headers.get_all("Sec-WebSocket-Extensions") if head is not None else None
+        return params_from_response(value, self.deflate_config)
 
 
 class _RequestReader:
@@ -218,7 +373,11 @@ class _RequestReader:
     def _on_readable(self) -> None:
         try:
             data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            if data and isinstance(self.sock, ssl.SSLSocket):
+                # select() cannot see what OpenSSL already decrypted: take it now.
+                while pending := self.sock.pending():
+                    data += self.sock.recv(pending)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fail(HandshakeError(f"connection error during the handshake: {exc}", status=400))
@@ -257,6 +416,12 @@ class _RequestReader:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _chained(error: HandshakeError, cause: BaseException) -> HandshakeError:
+    """``error`` with ``cause`` as its ``__cause__`` (``raise ... from`` for croak)."""
+    error.__cause__ = cause
+    return error
 
 
 def _call_user(fn: Callable[..., Any], *args: Any) -> Any:

@@ -9,6 +9,7 @@ still-open socket), and greets accepted clients with the year and month.
 import argparse
 import logging
 import re
+import signal
 import sys
 
 import evws
@@ -57,13 +58,22 @@ def main() -> None:
 
         server.establish(sock).cb(established)
 
-    listener = evws.tcp_server(args.host, args.port, on_accept)
+    listener = server.listen(args.host, args.port, on_accept)
     print(f"handshake_path server listening on ws://{args.host}:{listener.port}/YYYY/MM",
           file=sys.stderr, flush=True)
+    loop = evws.get_loop()
+
+    def stop(signum):
+        # Stop accepting, close every connection with 1001 (going away) after
+        # what it had queued, then leave the loop; stragglers get 5 s.
+        log.info("signal %d: shutting down", signum)
+        server.shutdown(code=1001, reason="server shutting down", timeout=5).cb(
+            lambda cv: loop.stop())
+
+    loop.signal(signal.SIGINT, stop)
+    loop.signal(signal.SIGTERM, stop)
     try:
-        evws.get_loop().run()
-    except KeyboardInterrupt:
-        pass
+        loop.run()
     finally:
         listener.close()
 

@@ -5,6 +5,15 @@ yourself, or let ``evws.Connection`` do it.
 """
 
 from .close import CloseCode, is_valid_close_code, parse_close, serialize_close
+from .deflate import (
+    DeflateConfig,
+    DeflateParams,
+    PerMessageDeflate,
+    accept_client,
+    client_offer,
+    negotiate_server,
+    parse_extensions,
+)
 from .events import (
     CloseReceived,
     ConnectionFailed,
@@ -45,6 +54,14 @@ __all__ = [
     "is_valid_close_code",
     "parse_close",
     "serialize_close",
+    # deflate.py
+    "DeflateConfig",
+    "DeflateParams",
+    "PerMessageDeflate",
+    "accept_client",
+    "client_offer",
+    "negotiate_server",
+    "parse_extensions",
     # events.py
     "CloseReceived",
     "ConnectionFailed",

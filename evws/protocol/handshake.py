@@ -319,10 +319,13 @@ class Response:
             if self.extensions is not None:
                 fields.append(("Sec-WebSocket-Extensions", self.extensions))
         for name, value in self.cookies.items():
-            if not _TOKEN.fullmatch(name):
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
                 raise ValueError(f"invalid cookie name: {name!r}")
             fields.append(("Set-Cookie", f"{name}={value}"))
-        fields += Headers(self.headers).items()
+        try:
+            fields += Headers(self.headers).items()
+        except TypeError as exc:  # e.g. an int value: refuse it like a bad one
+            raise ValueError(str(exc)) from None
         return serialize_response(self.status, fields)
 
 

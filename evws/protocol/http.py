@@ -230,6 +230,11 @@ def reason_phrase(status: int) -> str:
 def _check_field(name: str, value: str) -> None:
     # Refuse anything that would let a name or value end the line early: CR
     # or LF would inject a header (or a body), NUL confuses C parsers.
+    # (A response header built from request data -- a percent-decoded query,
+    # say -- is how response splitting gets in: it stops here, before
+    # anything reaches the socket.)
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise ValueError(f"HTTP header name and value must be str, got {name!r}: {value!r}")
     if not _TOKEN_STR.fullmatch(name):
         raise ValueError(f"invalid HTTP header name: {name!r}")
     if not _FIELD_VALUE_STR.fullmatch(value):

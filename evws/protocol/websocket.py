@@ -50,6 +50,7 @@ import os
 
 from ..errors import ConnectionClosed, PayloadTooBig, ProtocolError
 from .close import parse_close, serialize_close
+from .deflate import DeflateParams, PerMessageDeflate
 from .events import (
     CloseReceived,
     ConnectionFailed,
@@ -58,7 +59,7 @@ from .events import (
     PingReceived,
     PongReceived,
 )
-from .frames import MAX_CONTROL_PAYLOAD, frame_header, parse_header
+from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header
 from .mask import apply_mask
 from .utf8 import Utf8Validator, validate_utf8
 
@@ -130,6 +131,12 @@ class WebSocketProtocol:
             with 1009 before its payload is buffered. ``None``: no limit.
         max_fragments: the most frames one message may use (1009 beyond);
             ``None``: no limit.
+        deflate: the permessage-deflate parameters agreed in the handshake
+            (RFC 7692), or ``None``. With them, RSV1 marks a compressed
+            message on its first frame; such messages are inflated frame by
+            frame, ``max_payload_size`` counting the *inflated* bytes (a
+            compression bomb fails with 1009 before it is inflated), and every
+            TEXT/BINARY message sent is compressed.
 
     Attributes:
         state: ``OPEN``, ``CLOSING`` or ``CLOSED``.
@@ -151,8 +158,17 @@ class WebSocketProtocol:
         *,
         max_payload_size: int | None = 1 << 20,
         max_fragments: int | None = None,
+        deflate: DeflateParams | None = None,
     ) -> None:
         self.side = Side(side)
+        self.deflate = deflate
+        # The codec; None keeps every deflate branch off the hot path.
+        self._codec: PerMessageDeflate | None = None
+        if deflate is not None:
+            self._codec = PerMessageDeflate(deflate, self.side == SERVER)
+            self.allowed_rsv_bits = RSV1
+        # The message being received is compressed (RSV1 on its first frame).
+        self._inflating = False
         self.max_payload_size = max_payload_size
         self.max_fragments = max_fragments
         self.state = OPEN
@@ -312,7 +328,7 @@ class WebSocketProtocol:
             header = parse_header(data, pos, self.allowed_rsv_bits)
             if header is None:
                 break
-            fin, opcode, _rsv, length, key, start = header
+            fin, opcode, rsv, length, key, start = header
             if (key is None) == self._expect_masked:
                 # 5.1: "The server MUST close the connection upon receiving a
                 # frame that is not masked"; "A client MUST close a connection
@@ -321,6 +337,9 @@ class WebSocketProtocol:
                     raise ProtocolError("unmasked frame from a client")
                 raise ProtocolError("masked frame from a server")
             stop = start + length
+            if rsv:
+                # From here on, rsv is true for a compressed message only.
+                rsv = self._compressed(opcode, rsv)
 
             if opcode >= 8:
                 # Control frames may come between fragments (5.4); they are
@@ -349,12 +368,14 @@ class WebSocketProtocol:
                 frames = 1
                 size = length
             limit = self.max_payload_size
-            if limit is not None and size > limit:
+            if limit is not None and size > limit and not (rsv or self._inflating):
+                # A compressed message is bounded by its inflated size
+                # instead, as it is inflated (see _payload).
                 raise PayloadTooBig(f"message over {limit} bytes")
             if self.max_fragments is not None and frames > self.max_fragments:
                 raise PayloadTooBig(f"message over {self.max_fragments} fragments")
 
-            if fin and opcode and stop <= end:
+            if fin and opcode and stop <= end and not rsv:
                 # Fast path: a whole unfragmented message is in the input.
                 payload = data[start:stop]
                 if key is not None:
@@ -374,6 +395,9 @@ class WebSocketProtocol:
             if opcode:
                 self._msg_opcode = opcode
                 self._utf8 = Utf8Validator() if opcode == _TEXT else None
+                if rsv:
+                    self._inflating = True
+                    self._codec.start_message(limit)  # type: ignore[union-attr]
             self._msg_frames = frames
             self._msg_size = size
             self._frame_fin = fin
@@ -387,9 +411,30 @@ class WebSocketProtocol:
                     return pos, True
         return pos, False
 
+    def _compressed(self, opcode: int, rsv: int) -> int:
+        """Check the RSV bits of a frame; tell whether it starts a compressed message.
+
+        Only reachable when ``allowed_rsv_bits`` let a bit through.
+        """
+        if self._codec is None or not rsv & RSV1:
+            return 0  # bits of an extension that only used the hook
+        # RFC 7692 6: RSV1 is set on "the first frame of a message" only --
+        # never on a continuation (6.1) nor on a control frame.
+        if opcode == _CONT:
+            raise ProtocolError("RSV1 set on a continuation frame")
+        if opcode >= 8:
+            raise ProtocolError("RSV1 set on a control frame")
+        return RSV1
+
     def _payload(self, chunk: bytes, frame_done: bool) -> None:
         """Add a piece of the current data frame's payload to the message."""
         final = frame_done and self._frame_fin
+        if self._inflating:
+            # RFC 7692 7.2.2: inflate as the payload comes, then the tail.
+            codec = self._codec
+            chunk = codec.inflate(chunk)  # type: ignore[union-attr]
+            if final:
+                chunk += codec.finish_message()  # type: ignore[union-attr]
         if self._utf8 is not None:
             # 8.1: fail as soon as the text is not UTF-8, even mid-message.
             self._utf8.feed(chunk, final)
@@ -408,6 +453,7 @@ class WebSocketProtocol:
         self._msg_frames = 0
         self._utf8 = None
         self._frame_left = 0
+        self._inflating = False
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if self._debug:
@@ -488,6 +534,10 @@ class WebSocketProtocol:
             data = data.encode("utf-8")
         if fin:
             self._send_opcode = 0
+        if self._codec is not None:
+            # RFC 7692 7.2.1: the message is compressed as one stream; only
+            # its first frame carries RSV1.
+            data = self._codec.compress(data, fin)
         self._queue(_CONT, data, fin)
 
     def _send_data(self, opcode: int, data: bytes | bytearray | memoryview, fin: bool) -> None:
@@ -498,6 +548,9 @@ class WebSocketProtocol:
             raise RuntimeError("a fragmented message is still being sent")
         if not fin:
             self._send_opcode = opcode
+        if self._codec is not None:
+            self._queue(opcode, self._codec.compress(data, fin), fin, RSV1)
+            return
         self._queue(opcode, data, fin)
 
     def send_message(self, payload: bytes | bytearray | memoryview, opcode: int) -> None:
@@ -618,17 +671,20 @@ class WebSocketProtocol:
         self.close_sent = (code if payload else None, reason)
         self._queue(_CLOSE, payload)
 
-    def _queue(self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True) -> None:
+    def _queue(
+        self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True, rsv: int = 0
+    ) -> None:
         n = len(payload)
         if self._mask_out:
             # 5.3: a fresh, unpredictable key for every frame.
             key = os.urandom(4)
-            head = frame_header(opcode, n, fin=fin, mask_key=key)
+            head = frame_header(opcode, n, fin=fin, mask_key=key, rsv1=rsv)
             payload = apply_mask(payload, key)
         else:
-            head = frame_header(opcode, n, fin=fin)
+            head = frame_header(opcode, n, fin=fin, rsv1=rsv)
         if self._debug:
-            _log.debug("> %s fin=%d %d bytes", _OPNAMES[opcode], fin, n)
+            _log.debug("> %s fin=%d %d bytes%s", _OPNAMES[opcode], fin, n,
+                       " (compressed)" if rsv else "")
         if n < _SEPARATE_PAYLOAD:
             self._out.append(head + payload)
         else:

@@ -17,6 +17,13 @@ order of work inside a turn is fixed and documented:
 Running step 1 *before* waiting is what makes "a call deferred while a CondVar
 became ready runs after ``recv()`` returned" hold (see shared/NOTES.md).
 
+Signals (:meth:`Loop.signal`) are delivered the same way as I/O: the Python
+signal handler does nothing but exist; :func:`signal.set_wakeup_fd` makes the
+interpreter write the signal number into a socketpair whose read end the loop
+watches, so ``select`` wakes up at once and the user's function runs as an
+ordinary loop callback -- never inside the signal handler, where almost
+nothing is safe to do.
+
 Every callback is isolated: an :class:`Exception` it raises is logged on the
 ``evws.loop`` logger and the loop carries on. ``BaseException`` subclasses that
 are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) propagate.
@@ -32,12 +39,14 @@ import heapq
 import itertools
 import logging
 import selectors
+import signal as _signal
+import socket
 import threading
 import time as _time
 from collections import deque
 from typing import Any, Callable
 
-__all__ = ["Loop", "get_loop", "IoWatcher", "Timer", "Handle"]
+__all__ = ["Loop", "get_loop", "IoWatcher", "Timer", "Handle", "SignalWatcher"]
 
 log = logging.getLogger("evws.loop")
 
@@ -135,6 +144,32 @@ class Handle:
         return f"<Handle {self.fn!r} {state}>"
 
 
+class SignalWatcher:
+    """Guard for :meth:`Loop.signal`; ``cancel()`` is idempotent and, for the
+    last watcher of a signal, restores the handler that was there before."""
+
+    __slots__ = ("_loop", "signum", "fn", "active")
+
+    def __init__(self, loop: Loop, signum: int, fn: Callable[[int], Any]) -> None:
+        self._loop = loop
+        self.signum = signum
+        self.fn = fn
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._loop._remove_signal(self)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cancelled"
+        return f"<SignalWatcher signum={self.signum} {state}>"
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """The Python-level handler: the wakeup fd already recorded the signal."""
+
+
 class Loop:
     """A selectors-based event loop: io watchers, timers, deferred calls.
 
@@ -157,6 +192,12 @@ class Loop:
         self._stop_requested = False
         self._closed = False
         self.depth = 0
+        # Signal watching, set up on the first signal() call.
+        self._signals: dict[int, list[SignalWatcher]] = {}
+        self._old_handlers: dict[int, Any] = {}
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._wakeup_watcher: IoWatcher | None = None
+        self._old_wakeup_fd = -1
 
     # -- clock -----------------------------------------------------------
 
@@ -308,6 +349,117 @@ class Loop:
                     t.when = now + t.interval
                 self._push_timer(t)
 
+    # -- signals -----------------------------------------------------------
+
+    def signal(self, signum: int, fn: Callable[[int], Any]) -> SignalWatcher:
+        """Call ``fn(signum)`` on the loop each time the process gets ``signum``.
+
+        The function runs as a normal loop callback on the next turn (the
+        pending ``select`` wakes up), not inside the signal handler, so it may
+        do anything, e.g. ``server.shutdown(...)`` then ``loop.stop()``.
+        Several watchers of one signal run in the order they were added. While
+        any watcher of ``signum`` is active the previous handler is replaced
+        (for SIGINT: no ``KeyboardInterrupt``); cancelling the last one puts
+        it back.
+
+        Only one loop per process can watch signals at a time (the wakeup fd
+        is process-wide), and only from the main thread, as :mod:`signal`
+        requires.
+
+        Raises:
+            ValueError: not the main thread, or an invalid signal number.
+            RuntimeError: another open loop is watching signals.
+        """
+        self._check_open()
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError("signals can only be watched from the main thread")
+        owner = _signal_loop
+        if owner is not None and owner is not self and owner._wakeup is not None:
+            raise RuntimeError("another loop is already watching signals")
+        signum = int(signum)
+        if self._wakeup is None:
+            self._start_wakeup()
+        watchers = self._signals.get(signum)
+        if watchers is None:
+            try:
+                old = _signal.signal(signum, _ignore_signal)
+            except BaseException:
+                if not self._signals:
+                    self._stop_wakeup()
+                raise
+            self._old_handlers[signum] = old
+            watchers = self._signals[signum] = []
+        watcher = SignalWatcher(self, signum, fn)
+        watchers.append(watcher)
+        return watcher
+
+    def _start_wakeup(self) -> None:
+        global _signal_loop
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        try:
+            self._old_wakeup_fd = _signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        except BaseException:
+            rsock.close()
+            wsock.close()
+            raise
+        self._wakeup = (rsock, wsock)
+        self._wakeup_watcher = self.io(rsock, "r", self._read_signals)
+        _signal_loop = self
+
+    def _stop_wakeup(self) -> None:
+        global _signal_loop
+        if self._wakeup is None:
+            return
+        rsock, wsock = self._wakeup
+        self._wakeup = None
+        try:
+            if _signal.set_wakeup_fd(self._old_wakeup_fd) != wsock.fileno():
+                log.warning("the signal wakeup fd was replaced behind the loop's back")
+        except ValueError:  # not the main thread any more (loop closed elsewhere)
+            pass
+        self._old_wakeup_fd = -1
+        if self._wakeup_watcher is not None:
+            self._wakeup_watcher.cancel()
+            self._wakeup_watcher = None
+        rsock.close()
+        wsock.close()
+        if _signal_loop is self:
+            _signal_loop = None
+
+    def _read_signals(self) -> None:
+        """The wakeup fd holds one byte per signal caught: dispatch them in order."""
+        assert self._wakeup is not None
+        rsock = self._wakeup[0]
+        while True:
+            try:
+                data = rsock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                for watcher in list(self._signals.get(signum, ())):
+                    if watcher.active:
+                        _call(watcher.fn, (signum,))
+
+    def _remove_signal(self, watcher: SignalWatcher) -> None:
+        watchers = self._signals.get(watcher.signum)
+        if watchers is None or watcher not in watchers:
+            return
+        watchers.remove(watcher)
+        if watchers:
+            return
+        del self._signals[watcher.signum]
+        old = self._old_handlers.pop(watcher.signum, _signal.SIG_DFL)
+        try:
+            _signal.signal(watcher.signum, old if old is not None else _signal.SIG_DFL)
+        except ValueError:  # not the main thread
+            log.warning("could not restore the handler of signal %d", watcher.signum)
+        if not self._signals:
+            self._stop_wakeup()
+
     # -- deferred calls --------------------------------------------------
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> Handle:
@@ -401,6 +553,10 @@ class Loop:
         """Release the selector and forget every watcher, timer and call."""
         if self._closed:
             return
+        for watchers in list(self._signals.values()):
+            for sw in list(watchers):
+                sw.cancel()
+        self._stop_wakeup()
         self._closed = True
         for pair in self._io.values():
             for w in pair:
@@ -425,6 +581,8 @@ class Loop:
 
 
 _local = threading.local()
+# The loop that owns the process-wide signal wakeup fd, if any.
+_signal_loop: Loop | None = None
 
 
 def get_loop() -> Loop:

@@ -30,7 +30,25 @@ Callbacks (each may be given to the constructor or assigned later):
   ``linger``. It is called synchronously, except after a ``send`` failure
   inside :meth:`Stream.write`, where it is deferred to the next loop turn so
   that the owner's ``write()`` call never re-enters the owner.
+
+TLS: ``sock`` may be an ``ssl.SSLSocket`` whose handshake is done (see
+:mod:`evws.reactor.tls`). Three things differ, each for a reason:
+
+- After each read the stream also takes what OpenSSL already decrypted
+  (``pending()``) and keeps reading records until it would block (up to
+  ``read_size``): ``select`` only sees the kernel's buffer, so bytes left in
+  OpenSSL's would wait until the peer happened to send more.
+- ``SSLWantReadError``/``SSLWantWriteError`` can come from either direction;
+  both just mean "retry later". OpenSSL wants a retried ``SSL_write`` to get
+  the same bytes again, which the write queue does: a chunk leaves the queue
+  only once ``send`` accepted it.
+- Closing sends close_notify first, with a non-blocking ``unwrap()`` (a
+  plain ``shutdown(SHUT_WR)`` would end TCP without it, a truncation to the
+  peer), then shuts down TCP and lingers as usual. After that, what the peer
+  sends is discarded, so ``shutdown_write()`` on a TLS stream also ends
+  delivery of data (TLS has no half-close a peer can rely on).
 """
+
 
 from __future__ import annotations
 
@@ -66,7 +84,7 @@ class Stream:
         "_sock", "_fd", "_loop", "on_data", "on_eof", "on_close", "on_drain",
         "read_size", "linger", "_rw", "_ww", "_queue", "_buffered",
         "_want_read", "_paused", "_eof", "_shut_pending", "_write_shut",
-        "_closing", "_closed", "_timer",
+        "_closing", "_closed", "_timer", "_tls",
     )
 
     def __init__(
@@ -105,6 +123,7 @@ class Stream:
         self._closing = False     # close() was called: flush, shut, drain
         self._closed = False      # the fd is closed
         self._timer: Timer | None = None
+        self._tls = isinstance(sock, ssl.SSLSocket)
 
     # -- properties ------------------------------------------------------
 
@@ -166,10 +185,20 @@ class Stream:
         except OSError as exc:
             self._teardown(exc)
             return
+        eof = not data
+        error: OSError | None = None
+        if self._tls and data:
+            data, eof, error = self._read_more_tls(data)
         if data:
-            if not self._closing and self.on_data is not None:
+            # A TLS stream whose close_notify went out discards input (see above).
+            if (not self._closing and not (self._tls and self._write_shut)
+                    and self.on_data is not None):
                 self.on_data(data)
-            return
+            if error is not None:
+                self._teardown(error)
+                return
+            if not eof or self._closed:
+                return
         self._eof = True
         self._update_reader()
         if self._closing:
@@ -179,6 +208,28 @@ class Stream:
             self.on_eof()
         else:
             self.close()
+
+    def _read_more_tls(self, first: bytes) -> tuple[bytes, bool, OSError | None]:
+        """Take decrypted bytes OpenSSL holds, then more records, up to ``read_size``.
+
+        Returns ``(data, eof_seen, error)``: an error met after some data
+        is reported with it, so the data is delivered before the stream fails.
+        """
+        sock = self._sock
+        parts = [first]
+        total = len(first)
+        while total < self.read_size or sock.pending():  # type: ignore[attr-defined]
+            try:
+                more = sock.recv(max(self.read_size - total, sock.pending()))  # type: ignore[attr-defined]
+            except _WAIT:
+                break
+            except OSError as exc:
+                return b"".join(parts), False, exc
+            if not more:
+                return b"".join(parts), True, None
+            parts.append(more)
+            total += len(more)
+        return (first if len(parts) == 1 else b"".join(parts)), False, None
 
     # -- writing ---------------------------------------------------------
 
@@ -266,11 +317,26 @@ class Stream:
         if self._write_shut:
             return
         self._write_shut = True
+        if self._tls:
+            self._send_close_notify()
         try:
-            self._sock.shutdown(socket.SHUT_WR)
+            # socket.socket.shutdown, not SSLSocket.shutdown: the latter would
+            # forget the TLS layer, and reads could no longer be drained.
+            socket.socket.shutdown(self._sock, socket.SHUT_WR)
         except OSError as exc:
             # ENOTCONN: the peer reset meanwhile; the read side will tell.
             log.debug("shutdown(SHUT_WR) on fd %d failed: %r", self._fd, exc)
+
+    def _send_close_notify(self) -> None:
+        """Send TLS close_notify without blocking (NOTES.md: not SHUT_WR alone)."""
+        try:
+            self._sock.unwrap()  # type: ignore[attr-defined]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # Sent; OpenSSL would now like the peer's close_notify, which
+            # the lingering read below drains (or the timer gives up on).
+            pass
+        except (OSError, ValueError) as exc:
+            log.debug("fd %d: TLS close_notify not sent: %r", self._fd, exc)
 
     # -- closing ---------------------------------------------------------
 
@@ -310,6 +376,32 @@ class Stream:
         self._timer = None
         log.debug("fd %d: no EOF from the peer within %s s; closing", self._fd, self.linger)
         self._teardown(None)
+
+    def detach(self) -> socket.socket:
+        """Stop watching the socket and hand it over open and untouched.
+
+        For a protocol switch: a WSGI server (``evws.wsgi``) lets go of a
+        connection that a view upgraded to WebSocket, and the new owner wraps
+        the socket in a Stream of its own. No callback fires and the stream
+        counts as closed from then on.
+
+        Raises:
+            ValueError: already closed, or bytes are still queued (they would
+                be lost, or overtaken by the new owner's first write).
+        """
+        if self._closed:
+            raise ValueError("stream is closed")
+        if self._queue:
+            raise ValueError(f"{self._buffered} bytes still queued; wait for on_drain")
+        self._closed = self._closing = True
+        for guard in (self._rw, self._ww, self._timer):
+            if guard is not None:
+                guard.cancel()
+        self._rw = self._ww = None
+        self._timer = None
+        self._queue = None
+        self.on_data = self.on_eof = self.on_drain = self.on_close = None
+        return self._sock
 
     def abort(self) -> None:
         """Close the socket now, dropping queued data; ``on_close(None)``."""

@@ -1,11 +1,24 @@
-"""apply_mask: both forms (big-int XOR and strided translate) against a naive XOR."""
+"""apply_mask against a naive XOR: the pure-Python forms (big-int XOR and
+strided translate) and, when it was built, the C extension's loop.
+
+Every test runs once per available implementation, so the pure-Python path
+stays tested on machines where the C one is in use.
+"""
 
 import os
 
 import pytest
 
 from evws.protocol import mask
-from evws.protocol.mask import apply_mask
+
+IMPLEMENTATIONS = [pytest.param(mask._py_apply_mask, id="python")]
+if mask._c_apply_mask is not None:
+    IMPLEMENTATIONS.append(pytest.param(mask._c_apply_mask, id="c"))
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def apply_mask(request):
+    return request.param
 
 
 def naive(data: bytes, key: bytes) -> bytes:
@@ -22,12 +35,12 @@ KEYS = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x02\x03\x04", b"\x37\xf
      mask._TRANSLATE_THRESHOLD - 1, mask._TRANSLATE_THRESHOLD,
      mask._TRANSLATE_THRESHOLD + 3, 70001],
 )
-def test_matches_naive_xor(size, key):
+def test_matches_naive_xor(apply_mask, size, key):
     data = os.urandom(size)
     assert apply_mask(data, key) == naive(data, key)
 
 
-def test_leading_zero_bytes_survive():
+def test_leading_zero_bytes_survive(apply_mask):
     # The big-int form must not lose leading zero bytes of the result.
     key = b"\xaa\xbb\xcc\xdd"
     data = key * 3
@@ -36,7 +49,7 @@ def test_leading_zero_bytes_survive():
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 @pytest.mark.parametrize("size", [10, mask._TRANSLATE_THRESHOLD + 10])
-def test_accepts_any_bytes_like(kind, size):
+def test_accepts_any_bytes_like(apply_mask, kind, size):
     data = os.urandom(size)
     key = b"\x10\x20\x30\x40"
     out = apply_mask(kind(data), key)
@@ -45,17 +58,45 @@ def test_accepts_any_bytes_like(kind, size):
 
 
 @pytest.mark.parametrize("size", [9, mask._TRANSLATE_THRESHOLD + 9])
-def test_is_an_involution(size):
+def test_is_an_involution(apply_mask, size):
     data = os.urandom(size)
     key = os.urandom(4)
     assert apply_mask(apply_mask(data, key), key) == data
 
 
-def test_known_vector_from_rfc():
+def test_known_vector_from_rfc(apply_mask):
     # RFC 6455 5.7: "Hello" masked with 37 fa 21 3d.
     assert apply_mask(b"Hello", b"\x37\xfa\x21\x3d") == b"\x7f\x9f\x4d\x51\x58"
 
 
-def test_rejects_bad_key_length():
+def test_rejects_bad_key_length(apply_mask):
     with pytest.raises(ValueError):
         apply_mask(b"abc", b"\x01\x02\x03")
+    with pytest.raises(ValueError):
+        apply_mask(b"abc", b"\x01\x02\x03\x04\x05")
+
+
+@pytest.mark.parametrize("offset", range(8))
+def test_unaligned_input_views(apply_mask, offset):
+    # The C loop reads 8 bytes at a time: any start address must work.
+    data = os.urandom(100)
+    key = b"\x9a\x01\xfe\x55"
+    view = memoryview(data)[offset:offset + 61]
+    assert apply_mask(view, key) == naive(bytes(view), key)
+
+
+def test_non_contiguous_view_is_refused_or_correct(apply_mask):
+    data = os.urandom(64)
+    key = b"\x01\x02\x03\x04"
+    view = memoryview(data)[::2]
+    try:
+        out = apply_mask(view, key)
+    except (TypeError, ValueError, BufferError):
+        return
+    assert out == naive(bytes(view), key)
+
+
+def test_public_name_is_the_active_implementation():
+    expected = mask._c_apply_mask if mask.ACCELERATED else mask._py_apply_mask
+    assert mask.apply_mask is expected
+    assert isinstance(mask.ACCELERATED, bool)

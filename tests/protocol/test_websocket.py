@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from evws.errors import ConnectionClosed, InvalidUTF8, PayloadTooBig, ProtocolError
 from evws.protocol import websocket as ws_module
+from evws.protocol.deflate import DeflateParams
 from evws.protocol.events import (
     CloseReceived,
     ConnectionFailed,
@@ -1053,3 +1055,263 @@ class TestOneMessageAtATime:
         assert p.data_to_send() == []
         events = drain(p)
         assert isinstance(events[0], ConnectionFailed) and events[0].code == 1002
+
+
+# ------------------------------------------------------- permessage-deflate
+
+RSV1 = 0x40
+HELLO = bytes.fromhex("f248cdc9c90700")  # RFC 7692 7.2.3.1, "Hello" compressed
+
+
+def deflate_payload(data: bytes, wbits: int = 15) -> bytes:
+    """A message payload compressed with plain zlib, tail stripped (RFC 7692 7.2.1)."""
+    c = zlib.compressobj(wbits=-wbits)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def raw_frames(chunks):
+    """[(rsv, opcode, fin, payload)] of what a protocol queued (rsv as 0x70 bits)."""
+    data = b"".join(chunks)
+    out = []
+    pos = 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        n, p = b1 & 0x7F, pos + 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, p)
+            p += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, p)
+            p += 8
+        key = None
+        if b1 & 0x80:
+            key, p = data[p:p + 4], p + 4
+        payload = data[p:p + n]
+        out.append((b0 & 0x70, b0 & 0x0F, bool(b0 & 0x80),
+                    xor(payload, key) if key else payload))
+        pos = p + n
+    return out
+
+
+def inflate_all(payload: bytes, wbits: int = 15) -> bytes:
+    return zlib.decompressobj(-wbits).decompress(payload + b"\x00\x00\xff\xff")
+
+
+class TestPermessageDeflate:
+    """RFC 7692 on the wire: RSV1 rules, inflation bounds, UTF-8, sending."""
+
+    def test_rfc_example_frames(self, feed):
+        p = server(deflate=DeflateParams())
+        # 7.2.3.1 unfragmented, then the same split over two frames.
+        data = frame(1, HELLO, rsv=RSV1)
+        data += frame(1, HELLO[:3], rsv=RSV1, fin=False) + frame(0, HELLO[3:])
+        assert feed(p, data) == [MessageReceived(1, b"Hello")] * 2
+
+    def test_uncompressed_messages_still_pass(self, feed):
+        p = server(deflate=DeflateParams())
+        data = frame(1, b"plain") + frame(2, HELLO, rsv=RSV1) + frame(2, b"x", fin=False) + frame(0, b"y")
+        assert feed(p, data) == [MessageReceived(1, b"plain"), MessageReceived(2, b"Hello"),
+                                 MessageReceived(2, b"xy")]
+
+    def test_shared_window_across_messages(self, feed):
+        p = server(deflate=DeflateParams())
+        # 7.2.3.2: the second "Hello" refers back into the first message.
+        data = frame(1, HELLO, rsv=RSV1) + frame(1, bytes.fromhex("f200110000"), rsv=RSV1)
+        assert feed(p, data) == [MessageReceived(1, b"Hello")] * 2
+
+    def test_client_no_context_takeover_resets_the_window(self):
+        p = server(deflate=DeflateParams(client_no_context_takeover=True))
+        p.receive_data(frame(1, HELLO, rsv=RSV1) + frame(1, HELLO, rsv=RSV1))
+        assert drain(p) == [MessageReceived(1, b"Hello")] * 2
+
+    def test_rsv1_on_a_continuation_fails(self, feed):
+        p = server(deflate=DeflateParams())
+        data = frame(1, HELLO[:3], rsv=RSV1, fin=False) + frame(0, HELLO[3:], rsv=RSV1)
+        assert_failed(p, feed(p, data), 1002)
+
+    def test_rsv1_on_an_uncompressed_messages_continuation_fails(self):
+        p = server(deflate=DeflateParams())
+        p.receive_data(frame(2, b"a", fin=False) + frame(0, b"b", rsv=RSV1))
+        assert_failed(p, drain(p), 1002)
+
+    @pytest.mark.parametrize("opcode", [8, 9, 10])
+    def test_rsv1_on_a_control_frame_fails(self, opcode):
+        p = server(deflate=DeflateParams())
+        p.receive_data(frame(opcode, b"", rsv=RSV1))
+        assert_failed(p, drain(p), 1002)
+
+    @pytest.mark.parametrize("rsv", [0x20, 0x10, 0x60])
+    def test_other_reserved_bits_still_fail(self, rsv):
+        p = server(deflate=DeflateParams())
+        p.receive_data(frame(1, HELLO, rsv=rsv))
+        assert_failed(p, drain(p), 1002)
+
+    def test_rsv1_without_deflate_fails(self):
+        p = server()
+        p.receive_data(frame(1, HELLO, rsv=RSV1))
+        assert_failed(p, drain(p), 1002)
+
+    def test_fragmented_with_interleaved_pings(self, feed):
+        p = server(deflate=DeflateParams())
+        text = "fragmented ünïcode text, " * 40
+        payload = deflate_payload(text.encode())
+        a, b = len(payload) // 3, 2 * len(payload) // 3
+        data = (frame(1, payload[:a], rsv=RSV1, fin=False) + frame(9, b"p1")
+                + frame(0, payload[a:b], fin=False) + frame(9, b"p2") + frame(0, payload[b:]))
+        events = feed(p, data)
+        assert events == [PingReceived(b"p1"), PingReceived(b"p2"), MessageReceived(1, text.encode())]
+        assert [f[:2] for f in frames_out(p)] == [(10, b"p1"), (10, b"p2")]
+
+    def test_empty_fragments(self, feed):
+        p = server(deflate=DeflateParams())
+        data = frame(2, b"", rsv=RSV1, fin=False) + frame(0, HELLO, fin=False) + frame(0, b"")
+        assert feed(p, data) == [MessageReceived(2, b"Hello")]
+
+    def test_invalid_utf8_after_inflation(self, feed):
+        p = server(deflate=DeflateParams())
+        events = feed(p, frame(1, deflate_payload(b"ok \xff\xfe"), rsv=RSV1))
+        assert isinstance(events[-2].error, InvalidUTF8)
+        assert_failed(p, events, 1007)
+
+    def test_invalid_utf8_fails_before_the_message_ends(self):
+        p = server(deflate=DeflateParams())
+        c = zlib.compressobj(wbits=-15)
+        first = c.compress(b"abc\xc0\xaf") + c.flush(zlib.Z_SYNC_FLUSH)
+        p.receive_data(frame(1, first, rsv=RSV1, fin=False))
+        assert_failed(p, drain(p), 1007)
+
+    def test_utf8_split_across_inflated_pieces(self, feed):
+        p = server(deflate=DeflateParams())
+        c = zlib.compressobj(wbits=-15)
+        one = c.compress("é".encode()[:1]) + c.flush(zlib.Z_SYNC_FLUSH)
+        two = (c.compress("é".encode()[1:]) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        data = frame(1, one, rsv=RSV1, fin=False) + frame(0, two)
+        assert feed(p, data) == [MessageReceived(1, "é".encode())]
+
+    def test_invalid_deflate_data_fails(self):
+        p = server(deflate=DeflateParams())
+        p.receive_data(frame(2, b"\xff\xff\xff\xff", rsv=RSV1))
+        assert_failed(p, drain(p), 1002)
+
+    def test_limit_counts_inflated_bytes(self, feed):
+        p = server(max_payload_size=1000, deflate=DeflateParams())
+        ok = deflate_payload(b"a" * 1000)
+        assert len(ok) < 100
+        assert feed(p, frame(2, ok, rsv=RSV1)) == [MessageReceived(2, b"a" * 1000)]
+        p = server(max_payload_size=1000, deflate=DeflateParams())
+        events = feed(p, frame(2, deflate_payload(b"a" * 1001), rsv=RSV1))
+        assert isinstance(events[-2].error, PayloadTooBig)
+        assert_failed(p, events, 1009)
+
+    def test_incompressible_message_at_the_limit(self):
+        # Its compressed form is a little larger than the limit: still fine.
+        data = os.urandom(1000)
+        payload = deflate_payload(data)
+        assert len(payload) > 1000
+        p = server(max_payload_size=1000, deflate=DeflateParams())
+        p.receive_data(frame(2, payload, rsv=RSV1))
+        assert drain(p) == [MessageReceived(2, data)]
+
+    def test_limit_counts_all_fragments_inflated(self):
+        p = server(max_payload_size=1000, deflate=DeflateParams())
+        c = zlib.compressobj(wbits=-15)
+        one = c.compress(b"x" * 600) + c.flush(zlib.Z_SYNC_FLUSH)
+        two = (c.compress(b"y" * 600) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        p.receive_data(frame(2, one, rsv=RSV1, fin=False) + frame(0, two))
+        assert_failed(p, drain(p), 1009)
+
+    def test_compression_bomb_is_bounded(self):
+        # 100 MiB of zeros, ~100 KB compressed, against a 1 MiB limit: 1009
+        # quickly, and evws never holds more than about the limit.
+        import tracemalloc
+
+        c = zlib.compressobj(wbits=-15)
+        zeros = bytes(1 << 20)
+        bomb = b"".join(c.compress(zeros) for _ in range(100)) + c.flush(zlib.Z_SYNC_FLUSH)
+        bomb = bomb[:-4]
+        assert len(bomb) < 200_000
+        data = frame(2, bomb, rsv=RSV1)
+        p = server(max_payload_size=1 << 20, deflate=DeflateParams())
+        tracemalloc.start()
+        try:
+            started = time.perf_counter()
+            p.receive_data(data)
+            events = drain(p)
+            elapsed = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert_failed(p, events, 1009)
+        assert peak < 8 << 20, peak
+        assert elapsed < 2.0
+
+    def test_compression_bomb_in_small_fragments_is_bounded(self):
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        bomb = c.compress(bytes(20 << 20)) + c.flush(zlib.Z_SYNC_FLUSH)
+        p = server(max_payload_size=1 << 20, deflate=DeflateParams())
+        pieces = [bomb[i:i + 1000] for i in range(0, len(bomb), 1000)]
+        data = frame(2, pieces[0], rsv=RSV1, fin=False) + b"".join(
+            frame(0, piece, fin=False) for piece in pieces[1:])
+        p.receive_data(data)
+        assert_failed(p, drain(p), 1009)
+
+    def test_header_size_is_not_checked_for_compressed_messages(self):
+        # The inflated size is what counts; the header alone decides nothing.
+        p = server(max_payload_size=10, deflate=DeflateParams())
+        p.receive_data(b"\xc2\xfe" + struct.pack("!H", 100) + KEY)
+        assert drain(p) == [] and p.state == OPEN
+
+    def test_sent_messages_are_compressed_with_rsv1(self):
+        p = server(deflate=DeflateParams())
+        p.send_text("Hello")
+        p.send_message(b"Hello", 2)
+        p.send_binary(b"")
+        p.send_ping(b"ping")
+        out = raw_frames(p.data_to_send())
+        # 7.2.3.1 and 7.2.3.2 (shared window), the empty message (7.2.3.6).
+        assert out == [(RSV1, 1, True, HELLO), (RSV1, 2, True, bytes.fromhex("f200110000")),
+                       (RSV1, 2, True, b"\x00"), (0, 9, True, b"ping")]
+
+    def test_server_no_context_takeover_when_sending(self):
+        p = server(deflate=DeflateParams(server_no_context_takeover=True))
+        p.send_text("Hello")
+        p.send_text("Hello")
+        assert [f[3] for f in raw_frames(p.data_to_send())] == [HELLO, HELLO]
+
+    def test_fragmented_send_sets_rsv1_on_the_first_frame_only(self):
+        p = client(deflate=DeflateParams())
+        text = "stream me " * 100
+        p.send_text(text[:300], fin=False)
+        p.send_ping(b"between")
+        p.send_continuation(text[300:700], fin=False)
+        p.send_continuation(text[700:], fin=True)
+        out = raw_frames(p.data_to_send())
+        assert [f[:3] for f in out] == [(RSV1, 1, False), (0, 9, True), (0, 0, False), (0, 0, True)]
+        assert inflate_all(out[0][3] + out[2][3] + out[3][3]) == text.encode()
+
+    def test_client_window_bits_when_sending(self):
+        p = client(deflate=DeflateParams(client_max_window_bits=9))
+        data = os.urandom(600) * 10
+        p.send_binary(data)
+        (frame_,) = raw_frames(p.data_to_send())
+        assert inflate_all(frame_[3], wbits=9) == data
+
+    @pytest.mark.parametrize("params", [
+        DeflateParams(),
+        DeflateParams(True, True, 8, 8),
+        DeflateParams(False, True, 10, 12),
+    ])
+    def test_round_trip_between_two_protocols(self, params):
+        s = server(deflate=params)
+        c = client(deflate=params)
+        messages = [(1, "héllo ".encode() * 50), (2, os.urandom(5000)), (2, b""), (1, b"x" * 70000)]
+        for opcode, payload in messages:
+            c.send_message(payload, opcode)
+            s.send_message(payload, opcode)
+        s.receive_data(b"".join(c.data_to_send()))
+        c.receive_data(b"".join(s.data_to_send()))
+        expected = [MessageReceived(op, data) for op, data in messages]
+        assert drain(s) == expected
+        assert drain(c) == expected

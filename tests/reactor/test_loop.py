@@ -324,3 +324,119 @@ def socketpair():
     yield a, b
     a.close()
     b.close()
+
+
+# -- signal watchers (loop.signal) ------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class TestSignals:
+    def test_signal_wakes_select_and_runs_fn_on_the_loop(self, loop):
+        seen = []
+        guard = loop.signal(signal.SIGUSR1, lambda signum: seen.append((signum, loop.depth)))
+        try:
+            # Sent from another thread while the main thread waits in select.
+            killer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
+            start = time.monotonic()
+            killer.start()
+            run_until(loop, lambda: seen)
+            killer.join(TIMEOUT)
+            assert time.monotonic() - start < 2.0
+            # Called with the signal number, from a loop turn (depth 1), not the handler.
+            assert seen == [(signal.SIGUSR1, 1)]
+        finally:
+            guard.cancel()
+
+    def test_several_watchers_in_order_and_cancel_restores_the_handler(self, loop):
+        before = signal.getsignal(signal.SIGUSR2)
+        order = []
+        first = loop.signal(signal.SIGUSR2, lambda s: order.append("first"))
+        second = loop.signal(signal.SIGUSR2, lambda s: order.append("second"))
+        assert signal.getsignal(signal.SIGUSR2) is not before
+        os.kill(os.getpid(), signal.SIGUSR2)
+        run_until(loop, lambda: len(order) == 2)
+        assert order == ["first", "second"]
+        first.cancel()
+        first.cancel()  # idempotent
+        os.kill(os.getpid(), signal.SIGUSR2)
+        run_until(loop, lambda: len(order) == 3)
+        assert order[-1] == "second"
+        second.cancel()
+        assert signal.getsignal(signal.SIGUSR2) is before
+
+    def test_sigint_watched_raises_no_keyboard_interrupt(self, loop):
+        seen = []
+        guard = loop.signal(signal.SIGINT, seen.append)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            run_until(loop, lambda: seen)
+            assert seen == [signal.SIGINT]
+        finally:
+            guard.cancel()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def test_raising_fn_is_logged_and_the_loop_goes_on(self, loop, caplog):
+        seen = []
+
+        def boom(signum):
+            raise RuntimeError("boom")
+        g1 = loop.signal(signal.SIGUSR1, boom)
+        g2 = loop.signal(signal.SIGUSR1, seen.append)
+        try:
+            with caplog.at_level(logging.ERROR, logger="evws.loop"):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                run_until(loop, lambda: seen)
+            assert "boom" in caplog.text
+        finally:
+            g1.cancel()
+            g2.cancel()
+
+    def test_loop_close_cleans_up(self):
+        before = signal.getsignal(signal.SIGUSR1)
+        lp = Loop()
+        try:
+            before_fds = _fd_count()
+            lp.signal(signal.SIGUSR1, lambda s: None)
+            assert _fd_count() == before_fds + 2  # the wakeup socketpair
+        finally:
+            lp.close()
+        assert signal.getsignal(signal.SIGUSR1) is before
+        assert signal.set_wakeup_fd(-1) == -1
+        assert _fd_count() == before_fds - 1  # and the selector's own fd
+
+    def test_only_one_loop_watches_signals(self, loop):
+        guard = loop.signal(signal.SIGUSR1, lambda s: None)
+        other = Loop()
+        try:
+            with pytest.raises(RuntimeError):
+                other.signal(signal.SIGUSR2, lambda s: None)
+        finally:
+            other.close()
+            guard.cancel()
+        # Once released, another loop may take over.
+        lp = Loop()
+        g = lp.signal(signal.SIGUSR2, lambda s: None)
+        g.cancel()
+        lp.close()
+
+    def test_not_from_another_thread(self, loop):
+        errors = []
+
+        def worker():
+            lp = Loop()
+            try:
+                lp.signal(signal.SIGUSR1, lambda s: None)
+            except ValueError as exc:
+                errors.append(exc)
+            finally:
+                lp.close()
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(TIMEOUT)
+        assert errors

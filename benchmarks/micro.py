@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Micro-benchmarks of evws's per-message Python work, without sockets.
+
+    python3 benchmarks/micro.py            # table of microseconds per operation
+    python3 benchmarks/micro.py --profile  # plus a cProfile of the echo path
+
+Why: on loopback the kernel's send/recv cost is shared by every server, so
+what evws can improve is the Python work around them. This measures that work
+alone, stable even on a noisy machine:
+
+* ``echo path``: a ``Connection`` over a stub stream (``write`` just keeps the
+  bytes) receives a masked frame and the example's handler echoes it -- the
+  whole per-message path except the syscalls and the loop's ``select``;
+* ``protocol only``: ``WebSocketProtocol.receive_data`` + ``events_received``;
+* ``apply_mask`` / ``Utf8Validator`` for both implementations (pure Python,
+  and C when ``evws._speedups`` is built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import timeit
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import evws  # noqa: E402
+from evws.connection import Connection  # noqa: E402
+from evws.protocol import mask, utf8  # noqa: E402
+from evws.protocol.websocket import Side, WebSocketProtocol  # noqa: E402
+
+KEY = b"\x12\x34\x56\x78"
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + KEY + mask._py_apply_mask(payload, KEY)
+
+
+class StubStream:
+    """Just enough of ``Stream`` for ``Connection``: writes are counted, not sent."""
+
+    closing = closed = False
+    buffered_amount = 0
+
+    def __init__(self) -> None:
+        self.on_data = self.on_eof = self.on_close = self.on_drain = None
+        self.written = 0
+
+    def write(self, data) -> None:  # type: ignore[no-untyped-def]
+        self.written += len(data)
+
+    def start_reading(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def echo_connection() -> tuple[Connection, StubStream]:
+    stream = StubStream()
+    loop = evws.Loop()
+    conn = Connection(stream, WebSocketProtocol(Side.SERVER, max_payload_size=None), loop=loop)  # type: ignore[arg-type]
+
+    @conn.on("each_message")
+    def echo(connection, message):  # the example's handler
+        connection.send(message)
+
+    return conn, stream
+
+
+def per_call(fn, number: int) -> float:  # type: ignore[no-untyped-def]
+    """Best of 5 runs, microseconds per call."""
+    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", action="store_true", help="cProfile the 16-B echo path")
+    a = ap.parse_args()
+    print(f"evws._speedups in use: mask {mask.ACCELERATED}, utf8 {utf8.ACCELERATED}")
+    print("| operation | 16 B | 4 KiB | 1 MiB |\n|---|---|---|---|")
+    sizes = (16, 4096, 1 << 20)
+    rows = []
+    for opcode, label in ((2, "binary"), (1, "text")):
+        cells = []
+        for size in sizes:
+            payload = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+            data = masked_frame(opcode, payload)
+            conn, _ = echo_connection()
+            cells.append(per_call(lambda: conn._on_data(data), 20000 if size < 100000 else 50))
+        rows.append((f"echo path, {label} (us/message)", cells))
+        cells = []
+        for size in sizes:
+            payload = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+            data = masked_frame(opcode, payload)
+            proto = WebSocketProtocol(Side.SERVER, max_payload_size=None)
+
+            def receive() -> None:
+                proto.receive_data(data)
+                while proto.events_received():
+                    pass
+            cells.append(per_call(receive, 20000 if size < 100000 else 50))
+        rows.append((f"protocol only, {label} (us/message)", cells))
+    impls = [("python", mask._py_apply_mask, utf8._PyUtf8Validator)]
+    if mask.ACCELERATED:
+        impls.append(("C", mask._c_apply_mask, utf8._CUtf8Validator))
+    for name, apply_mask, validator in impls:
+        blobs = [os.urandom(n) for n in sizes]
+        rows.append((f"apply_mask, {name} (us)",
+                     [per_call(lambda b=b: apply_mask(b, KEY), 20000 if len(b) < 100000 else 20) for b in blobs]))
+        texts = [(b"0123456789abcdef" * (n // 16 + 1))[:n] for n in sizes]
+        v = validator()
+        rows.append((f"Utf8Validator.feed, {name}, ASCII (us)",
+                     [per_call(lambda t=t: v.feed(t, True), 20000 if len(t) < 100000 else 20) for t in texts]))
+    for label, cells in rows:
+        print(f"| {label} | " + " | ".join(f"{c:,.2f}" for c in cells) + " |")
+
+    if a.profile:
+        conn, _ = echo_connection()
+        data = masked_frame(2, b"0123456789abcdef")
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(200000):
+            conn._on_data(data)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+
+
+if __name__ == "__main__":
+    main()

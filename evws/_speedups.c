@@ -1,0 +1,200 @@
+/*
+ * evws._speedups: optional C versions of the two per-byte loops of RFC 6455.
+ *
+ * Why: unmasking (5.3) and UTF-8 validation (8.1) touch every payload byte.
+ * In pure Python they cost milliseconds per MiB; here they run at memory
+ * speed. Everything in this file has a pure-Python twin (evws/protocol/mask.py
+ * and utf8.py) that is used when this module cannot be built or imported, and
+ * the test suite runs both against the same cases.
+ *
+ *   apply_mask(data, key) -> bytes
+ *       data XORed with the 4-byte key repeated (mask and unmask alike).
+ *   utf8_feed(data, state) -> int
+ *       validate the next piece of a UTF-8 stream. `state` is 0 at the start
+ *       of a stream; the result is the state to pass with the next piece
+ *       (0 = "between characters"), or -1 at the first invalid byte. The
+ *       stream is complete and valid iff the state after the last piece is 0.
+ *
+ * The UTF-8 state packs what the next bytes must be, so that no byte is ever
+ * copied or looked at twice across pieces:
+ *     bits 0-7   continuation bytes still needed (0..3)
+ *     bits 8-15  lowest allowed value of the NEXT byte
+ *     bits 16-23 highest allowed value of the NEXT byte
+ * The bytes after the next one are always 80..BF. The narrowed ranges for
+ * E0, ED, F0 and F4 (RFC 3629 section 4) reject overlongs, surrogates and
+ * code points above U+10FFFF at the first byte that proves them wrong.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static const uint64_t HIGH_BITS = 0x8080808080808080ULL;
+
+static PyObject *
+apply_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data, key;
+    PyObject *result;
+    const unsigned char *src, *k;
+    unsigned char *dst;
+    Py_ssize_t n, i = 0;
+    uint64_t key8;
+    unsigned char key_bytes[8];
+
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "apply_mask(data, key) takes 2 arguments");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &key, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (key.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "the masking key must be 4 bytes long");
+        result = NULL;
+        goto done;
+    }
+    n = data.len;
+    result = PyBytes_FromStringAndSize(NULL, n);
+    if (result == NULL)
+        goto done;
+    src = (const unsigned char *)data.buf;
+    dst = (unsigned char *)PyBytes_AS_STRING(result);
+    k = (const unsigned char *)key.buf;
+
+    /* Eight bytes at a time: the key repeated twice fills a 64-bit word in
+     * memory order, so the XOR is right whatever the byte order. memcpy keeps
+     * unaligned access legal; compilers turn it into plain loads. */
+    memcpy(key_bytes, k, 4);
+    memcpy(key_bytes + 4, k, 4);
+    memcpy(&key8, key_bytes, 8);
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= key8;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < n; i++)
+        dst[i] = src[i] ^ k[i & 3];
+
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+#define STATE(need, lo, hi) ((long)(need) | ((long)(lo) << 8) | ((long)(hi) << 16))
+
+/* Returns the new state, or -1 at the first invalid byte. */
+static long
+utf8_scan(const unsigned char *s, Py_ssize_t n, long state)
+{
+    Py_ssize_t i = 0;
+    unsigned need = (unsigned)(state & 0xff);
+    unsigned lo = (unsigned)((state >> 8) & 0xff);
+    unsigned hi = (unsigned)((state >> 16) & 0xff);
+
+    while (i < n) {
+        unsigned c;
+        if (need == 0) {
+            /* Skip ASCII 32 bytes, then a word, at a time: text is mostly
+             * ASCII, and one test per 32 bytes keeps the loop branch-light. */
+            while (i + 32 <= n) {
+                uint64_t w[4];
+                memcpy(w, s + i, 32);
+                if ((w[0] | w[1] | w[2] | w[3]) & HIGH_BITS)
+                    break;
+                i += 32;
+            }
+            while (i + 8 <= n) {
+                uint64_t w;
+                memcpy(&w, s + i, 8);
+                if (w & HIGH_BITS)
+                    break;
+                i += 8;
+            }
+            if (i >= n)
+                break;
+            c = s[i++];
+            if (c < 0x80)
+                continue;
+            if (c < 0xC2)              /* continuation byte, or overlong C0/C1 */
+                return -1;
+            if (c < 0xE0) {
+                need = 1; lo = 0x80; hi = 0xBF;
+            } else if (c < 0xF0) {
+                need = 2;
+                lo = c == 0xE0 ? 0xA0 : 0x80;   /* E0 80..9F: overlong */
+                hi = c == 0xED ? 0x9F : 0xBF;   /* ED A0..BF: surrogates */
+            } else if (c < 0xF5) {
+                need = 3;
+                lo = c == 0xF0 ? 0x90 : 0x80;   /* F0 80..8F: overlong */
+                hi = c == 0xF4 ? 0x8F : 0xBF;   /* F4 90..: above U+10FFFF */
+            } else {
+                return -1;             /* F5..FF never appear */
+            }
+            continue;
+        }
+        c = s[i++];
+        if (c < lo || c > hi)
+            return -1;
+        need--;
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    return need ? STATE(need, lo, hi) : 0;
+}
+
+static PyObject *
+utf8_feed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    long state, result;
+
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "utf8_feed(data, state) takes 2 arguments");
+        return NULL;
+    }
+    state = PyLong_AsLong(args[1]);
+    if (state == -1 && PyErr_Occurred())
+        return NULL;
+    if (state < 0 || (state & 0xff) > 3 || state > STATE(3, 0xff, 0xff)) {
+        PyErr_SetString(PyExc_ValueError, "invalid UTF-8 validator state");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    result = utf8_scan((const unsigned char *)data.buf, data.len, state);
+    PyBuffer_Release(&data);
+    return PyLong_FromLong(result);
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
+     "apply_mask(data, key) -> bytes: XOR data with the 4-byte key repeated."},
+    {"utf8_feed", (PyCFunction)(void (*)(void))utf8_feed, METH_FASTCALL,
+     "utf8_feed(data, state) -> int: validate the next piece of a UTF-8 stream;\n"
+     "returns the next state (0 between characters) or -1 if invalid."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "evws._speedups",
+    "Optional C versions of unmasking and UTF-8 validation (see mask.py, utf8.py).",
+    0,
+    speedups_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
+}

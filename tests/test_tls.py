@@ -1,0 +1,389 @@
+"""TLS: wss:// client, TLS server, the TLS Stream, and interop with ``websockets``.
+
+The certificate is generated at test time with the ``openssl`` command: a
+self-signed EC certificate for localhost, 127.0.0.1 and ::1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+import evws
+from evws.reactor.stream import Stream
+from evws.reactor.tls import tls_handshake
+from tests import wire
+from tests.conftest import TIMEOUT, run_until
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """(cert_file, key_file, combined_file) for localhost / 127.0.0.1 / ::1."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+        check=True, capture_output=True, timeout=30)
+    combined = directory / "combined.pem"
+    combined.write_bytes(key.read_bytes() + cert.read_bytes())
+    return str(cert), str(key), str(combined)
+
+
+@pytest.fixture
+def client_ctx(certs):
+    return ssl.create_default_context(cafile=certs[0])
+
+
+@pytest.fixture
+def server_ctx(certs):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs[0], certs[1])
+    return ctx
+
+
+class TlsEcho:
+    """An evws TLS echo server on a loopback port; records establish outcomes."""
+
+    def __init__(self, loop, host="127.0.0.1", **server_options):
+        self.server = evws.Server(loop=loop, max_payload_size=None, **server_options)
+        self.outcomes: list = []
+        self.listener = evws.tcp_server(host, 0, self.on_accept, loop=loop)
+        self.port = self.listener.port
+
+    def on_accept(self, sock, host, port):
+        def established(cv):
+            try:
+                conn = cv.recv()
+            except evws.HandshakeError as exc:
+                self.outcomes.append(exc)
+                sock.close()  # detached by TLS: a harmless no-op
+                return
+            self.outcomes.append(conn)
+            conn.on("each_message", lambda c, m: c.send(m))
+        self.server.establish(sock).cb(established)
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def tls_echo(loop, certs):
+    echo = TlsEcho(loop, ssl_cert_file=certs[0], ssl_key_file=certs[1])
+    yield echo
+    echo.close()
+
+
+def round_trip(loop, conn, payloads):
+    got = []
+    conn.on("each_message", lambda c, m: got.append(m.body))
+    for payload in payloads:
+        conn.send(payload)
+    run_until(loop, lambda: len(got) == len(payloads))
+    return got
+
+
+# -- evws <-> evws ------------------------------------------------------------------
+
+
+def test_wss_round_trip_and_clean_close(loop, tls_echo, client_ctx):
+    conn = evws.connect(f"wss://127.0.0.1:{tls_echo.port}/", loop=loop,
+                        ssl_context=client_ctx).recv(timeout=TIMEOUT)
+    assert isinstance(conn.stream.sock, ssl.SSLSocket)
+    big = bytes(range(256)) * 4096  # 1 MiB: many TLS records, partial writes
+    assert round_trip(loop, conn, [b"tls", big, "é" * 70000]) == [
+        b"tls", big, "é".encode() * 70000]
+    server_conn = tls_echo.outcomes[0]
+    assert isinstance(server_conn.stream.sock, ssl.SSLSocket)
+    conn.close(4000, "done")
+    run_until(loop, lambda: conn.finished and server_conn.finished)
+    assert conn.close_code == 4000 and conn.close_error is None
+    assert server_conn.close_code == 4000 and server_conn.close_error is None
+
+
+def test_hostname_is_verified_by_name(loop, tls_echo, client_ctx):
+    conn = evws.connect(f"wss://localhost:{tls_echo.port}/", loop=loop,
+                        ssl_context=client_ctx).recv(timeout=TIMEOUT)
+    assert round_trip(loop, conn, ["by name"]) == [b"by name"]
+
+
+def test_cert_file_holding_the_key(loop, certs, client_ctx):
+    echo = TlsEcho(loop, ssl_cert_file=certs[2])
+    try:
+        conn = evws.connect(f"wss://127.0.0.1:{echo.port}/", loop=loop,
+                            ssl_context=client_ctx).recv(timeout=TIMEOUT)
+        assert round_trip(loop, conn, [b"combined"]) == [b"combined"]
+    finally:
+        echo.close()
+
+
+def test_server_ssl_context(loop, server_ctx, client_ctx):
+    echo = TlsEcho(loop, ssl_context=server_ctx)
+    try:
+        conn = evws.connect(f"wss://127.0.0.1:{echo.port}/", loop=loop,
+                            ssl_context=client_ctx).recv(timeout=TIMEOUT)
+        assert round_trip(loop, conn, [b"ctx"]) == [b"ctx"]
+    finally:
+        echo.close()
+
+
+def test_server_tls_options_are_checked(certs, server_ctx):
+    with pytest.raises(ValueError):
+        evws.Server(ssl_context=server_ctx, ssl_cert_file=certs[0])
+    with pytest.raises(ValueError):
+        evws.Server(ssl_key_file=certs[1])
+    with pytest.raises(ssl.SSLError):
+        evws.Server(ssl_cert_file=certs[0])  # no key anywhere
+
+
+def test_untrusted_certificate_croaks_both_ends(loop, tls_echo):
+    # Default verification: the self-signed certificate is not trusted.
+    cv = evws.connect(f"wss://127.0.0.1:{tls_echo.port}/", loop=loop)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        cv.recv(timeout=TIMEOUT)
+    run_until(loop, lambda: tls_echo.outcomes)
+    error = tls_echo.outcomes[0]
+    assert isinstance(error, evws.HandshakeError)
+    assert isinstance(error.__cause__, ssl.SSLError)
+
+
+def test_certificate_for_another_name_croaks(loop, certs, tmp_path):
+    """Trusted, but issued for example.test only: 127.0.0.1 must not match."""
+    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=example.test",
+         "-addext", "subjectAltName=DNS:example.test"],
+        check=True, capture_output=True, timeout=30)
+    echo = TlsEcho(loop, ssl_cert_file=str(cert), ssl_key_file=str(key))
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        cv = evws.connect(f"wss://127.0.0.1:{echo.port}/", loop=loop, ssl_context=ctx)
+        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+            cv.recv(timeout=TIMEOUT)
+        # Verification off, on the caller's explicit say-so: then it connects.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = evws.connect(f"wss://127.0.0.1:{echo.port}/", loop=loop,
+                            ssl_context=ctx).recv(timeout=TIMEOUT)
+        assert round_trip(loop, conn, [b"unverified"]) == [b"unverified"]
+    finally:
+        echo.close()
+
+
+def test_plain_client_on_tls_server(loop, tls_echo):
+    cv = evws.connect(f"ws://127.0.0.1:{tls_echo.port}/", loop=loop, timeout=TIMEOUT)
+    with pytest.raises((evws.HandshakeError, OSError)):
+        cv.recv(timeout=TIMEOUT)
+    run_until(loop, lambda: tls_echo.outcomes)
+    error = tls_echo.outcomes[0]
+    assert isinstance(error, evws.HandshakeError)
+    assert isinstance(error.__cause__, ssl.SSLError)
+
+
+def test_tls_handshake_timeout_on_the_server(loop, certs):
+    echo = TlsEcho(loop, ssl_cert_file=certs[0], ssl_key_file=certs[1], handshake_timeout=0.2)
+    silent = socket.create_connection(("127.0.0.1", echo.port), timeout=TIMEOUT)
+    try:
+        run_until(loop, lambda: echo.outcomes)
+        assert isinstance(echo.outcomes[0], evws.HandshakeError)
+        assert echo.outcomes[0].status == 408
+    finally:
+        silent.close()
+        echo.close()
+
+
+def test_http_refusal_is_answered_over_tls(loop, certs, client_ctx):
+    def handshake(request, response):
+        raise ValueError("nope")
+    echo = TlsEcho(loop, ssl_cert_file=certs[0], ssl_key_file=certs[1], handshake=handshake)
+    try:
+        cv = evws.connect(f"wss://127.0.0.1:{echo.port}/", loop=loop, ssl_context=client_ctx)
+        with pytest.raises(evws.HandshakeError) as info:
+            cv.recv(timeout=TIMEOUT)
+        assert info.value.status == 403  # evws answered on the TLS socket itself
+    finally:
+        echo.close()
+
+
+def test_close_sends_close_notify(loop, tls_echo, certs):
+    """A raw TLS peer with suppress_ragged_eofs=False: EOF without close_notify would raise."""
+    ctx = ssl.create_default_context(cafile=certs[0])
+    raw = socket.create_connection(("127.0.0.1", tls_echo.port), timeout=TIMEOUT)
+    raw.setblocking(False)
+    peer = ctx.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False,
+                           suppress_ragged_eofs=False)
+    try:
+        tls_handshake(peer, loop, timeout=TIMEOUT).recv(timeout=TIMEOUT)
+        peer.setblocking(True)
+        peer.settimeout(0)
+        buffer = bytearray()
+
+        def read_until(pred):
+            def check():
+                try:
+                    data = peer.recv(65536)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    return pred()
+                if not data:
+                    buffer.extend(b"<EOF>")
+                buffer.extend(data)
+                return pred()
+            run_until(loop, check)
+
+        peer.sendall(wire.upgrade_request())
+        read_until(lambda: b"\r\n\r\n" in buffer)
+        assert buffer.startswith(b"HTTP/1.1 101 ")
+        del buffer[:buffer.index(b"\r\n\r\n") + 4]
+        peer.sendall(wire.frame(wire.CLOSE, wire.close_payload(1000)))
+        # The server echoes the close, sends close_notify (recv -> b""), then FIN.
+        read_until(lambda: buffer.endswith(b"<EOF>"))
+        frames, _ = wire.parse_frames(bytes(buffer[:-5]))
+        assert frames == [(True, wire.CLOSE, wire.close_payload(1000))]
+    finally:
+        peer.close()
+
+
+# -- the TLS Stream ------------------------------------------------------------------
+
+
+def tls_socketpair(loop, server_ctx, client_ctx):
+    a, b = socket.socketpair()
+    server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    client = client_ctx.wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
+    server.setblocking(False)
+    client.setblocking(False)
+    cvs = [tls_handshake(server, loop, timeout=TIMEOUT), tls_handshake(client, loop, timeout=TIMEOUT)]
+    run_until(loop, lambda: all(cv.ready for cv in cvs))
+    for cv in cvs:
+        cv.recv()
+    return server, client
+
+
+def test_stream_drains_pending_tls_bytes(loop, server_ctx, client_ctx):
+    """With a read size smaller than a record, the rest waits in OpenSSL, unseen by select."""
+    server, client = tls_socketpair(loop, server_ctx, client_ctx)
+    got = []
+    stream = Stream(server, loop, on_data=got.append, read_size=100)
+    stream.start_reading()
+    client.setblocking(True)
+    client.sendall(b"z" * 5000)  # one TLS record; nothing follows it on the wire
+    run_until(loop, lambda: sum(map(len, got)) >= 5000)
+    assert b"".join(got) == b"z" * 5000
+    stream.abort()
+    client.close()
+
+
+def test_stream_large_writes_and_close_notify(loop, server_ctx, client_ctx):
+    server, client = tls_socketpair(loop, server_ctx, client_ctx)
+    closed = []
+    stream = Stream(server, loop, on_close=closed.append, linger=TIMEOUT)
+    payload = bytes(range(256)) * 16384  # 4 MiB: far more than the socket buffer
+    stream.write(payload)
+    stream.close()
+    received = bytearray()
+    eof = []
+
+    def pull():
+        while True:
+            try:
+                data = client.recv(1 << 20)
+            except ssl.SSLWantReadError:
+                return bool(eof)
+            if not data:  # close_notify (a bare FIN would raise SSLEOFError)
+                eof.append(True)
+                return True
+            received.extend(data)
+
+    client_suppress = client.suppress_ragged_eofs
+    client.suppress_ragged_eofs = False
+    try:
+        run_until(loop, pull)
+    finally:
+        client.suppress_ragged_eofs = client_suppress
+    assert bytes(received) == payload
+    client.close()  # our FIN ends the server's lingering drain
+    run_until(loop, lambda: closed)
+    assert closed == [None]
+
+
+# -- interop with websockets -------------------------------------------------------
+
+
+def test_websockets_client_against_evws_tls_server(loop, tls_echo, client_ctx):
+    sync_client = pytest.importorskip("websockets.sync.client")
+    results: list = []
+
+    def talk():
+        try:
+            with sync_client.connect(f"wss://127.0.0.1:{tls_echo.port}/", ssl=client_ctx,
+                                     open_timeout=TIMEOUT, close_timeout=TIMEOUT,
+                                     max_size=None) as ws:
+                ws.send("over tls")
+                results.append(ws.recv(timeout=TIMEOUT))
+                ws.send(b"\x00" * 300000)
+                results.append(len(ws.recv(timeout=TIMEOUT)))
+        except Exception as exc:  # reported to the main thread
+            results.append(exc)
+        finally:
+            results.append("done")
+
+    thread = threading.Thread(target=talk, daemon=True)
+    thread.start()
+    run_until(loop, lambda: "done" in results, timeout=3 * TIMEOUT)
+    thread.join(TIMEOUT)
+    assert results == ["over tls", 300000, "done"]
+    conn = tls_echo.outcomes[0]
+    run_until(loop, lambda: conn.finished)
+    assert conn.close_code == 1000
+
+
+def test_evws_client_against_websockets_tls_server(loop, server_ctx, client_ctx):
+    sync_server = pytest.importorskip("websockets.sync.server")
+
+    def handler(ws):
+        for message in ws:
+            ws.send(message)
+
+    with sync_server.serve(handler, "127.0.0.1", 0, ssl=server_ctx, max_size=None) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.socket.getsockname()[1]
+            conn = evws.connect(f"wss://localhost:{port}/", loop=loop,
+                                ssl_context=client_ctx).recv(timeout=TIMEOUT)
+            assert round_trip(loop, conn, ["hi", b"\x01" * 200000]) == [b"hi", b"\x01" * 200000]
+            conn.close()
+            run_until(loop, lambda: conn.finished)
+            assert conn.close_code == 1000 and conn.close_error is None
+        finally:
+            server.shutdown()
+            thread.join(TIMEOUT)
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
+def test_wss_over_ipv6(loop, certs, client_ctx):
+    echo = TlsEcho(loop, host="::1", ssl_cert_file=certs[0], ssl_key_file=certs[1])
+    try:
+        conn = evws.connect(f"wss://[::1]:{echo.port}/", loop=loop,
+                            ssl_context=client_ctx).recv(timeout=TIMEOUT)
+        assert round_trip(loop, conn, ["v6"]) == [b"v6"]
+    finally:
+        echo.close()
