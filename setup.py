@@ -46,7 +46,8 @@ with open("README.md", encoding="utf-8") as f:
 setup(
     name="evws",
     version="0.1.0",
-    description="Callback-style WebSocket server (RFC 6455) on a selectors loop, after Perl's AnyEvent::WebSocket::Server",
+    description=("Callback-style WebSockets (RFC 6455, RFC 7692) on a selectors loop, "
+                 "after Perl's AnyEvent::WebSocket::Server and Client"),
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
@@ -57,8 +58,12 @@ setup(
     python_requires=">=3.10",
     install_requires=["pyee>=11"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "websockets>=12"],
+        # h11 does the HTTP/1.1 framing of evws.wsgi (the core does not need it)
+        "wsgi": ["h11>=0.14"],
+        "test": ["pytest>=7", "hypothesis>=6", "websockets>=12", "h11>=0.14", "flask>=2.2",
+                 "mypy", "ruff", "build", "wheel"],
     },
+    entry_points={"console_scripts": ["evws=evws.cli:console_main"]},
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Developers",
@@ -69,7 +74,9 @@ setup(
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
+        "Environment :: Console",
         "Topic :: Internet :: WWW/HTTP",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
         "Typing :: Typed",
     ],
 )

@@ -9,6 +9,8 @@ Three layers, each importable alone:
 Every public name is importable from ``evws`` directly.
 """
 
+import logging as _logging
+
 from .client import Client, connect, connection_pair
 from .connection import Connection
 from .errors import (
@@ -30,6 +32,11 @@ from .reactor.tcp import TcpServer, tcp_server
 from .server import Server
 
 __version__ = "0.1.0"
+
+# A library stays silent unless the application configures logging (the
+# logging HOWTO's advice): without this, Python's "last resort" handler would
+# print evws's warnings to stderr. ``python -m evws --verbose`` turns it on.
+_logging.getLogger("evws").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Client",

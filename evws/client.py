@@ -45,7 +45,8 @@ from urllib.parse import unquote, urlsplit
 from .connection import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
-    DEFAULT_WRITE_LIMIT,
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LOW_WATER,
     Connection,
 )
 from .errors import HandshakeError, RecursiveWaitError, WaitTimeout
@@ -74,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "close_timeout": 10.0,
     "ping_interval": DEFAULT_PING_INTERVAL,
     "ping_timeout": DEFAULT_PING_TIMEOUT,
-    "write_limit": DEFAULT_WRITE_LIMIT,
+    "high_water": DEFAULT_HIGH_WATER,
+    "low_water": DEFAULT_LOW_WATER,
     "max_handshake_size": 16384,
     "max_error_body": 65536,
     "loop": None,
@@ -135,8 +137,8 @@ class Client:
 
     ``Client(**defaults).connect(url, **overrides)``: the options are those
     of :func:`connect`, plus ``max_fragments`` (most frames per message),
-    ``ping_interval``/``ping_timeout``/``write_limit`` (keepalive and
-    back-pressure, as on the server's connections), ``max_handshake_size``
+    ``ping_interval``/``ping_timeout``/``high_water``/``low_water`` (keepalive
+    and flow control, as on the server's connections), ``max_handshake_size``
     (largest response head) and ``max_error_body`` (how much of a refusal's
     body is kept).
 
@@ -365,7 +367,8 @@ class _ClientHandshake:
                                      max_fragments=options["max_fragments"], deflate=params)
         conn = Connection(stream, protocol, loop=self.loop, close_timeout=options["close_timeout"],
                           subprotocol=subprotocol, ping_interval=options["ping_interval"],
-                          ping_timeout=options["ping_timeout"], write_limit=options["write_limit"])
+                          ping_timeout=options["ping_timeout"], high_water=options["high_water"],
+                          low_water=options["low_water"])
         conn.response = head  # type: ignore[attr-defined]
         self.cv.send(conn)
         # As on the server (NOTES.md): frames that came with the answer are

@@ -18,6 +18,9 @@ Events (AnyEvent::WebSocket::Connection names):
 ``finish(conn)``
     exactly once, when the connection is done, whatever the path; the reason,
     if any, is ``conn.close_error``.
+``drain(conn)``
+    the output queue went above ``high_water`` and has now fallen to
+    ``low_water`` or below: a producer may send again (see Flow control).
 
 A ``Connection`` stays alive while its socket is open (the loop holds it
 through the stream's watchers), so users need not keep a reference.
@@ -32,12 +35,23 @@ Keepalive (``ping_interval`` / ``ping_timeout``)
     matching Pong within ``ping_timeout`` the peer is presumed dead and the
     connection is failed with 1011, so ``finish`` fires instead of a socket
     lingering for ever. One Ping is outstanding at a time.
-Back-pressure (``write_limit``)
-    while more than ``write_limit`` bytes wait to be written to the peer, the
-    connection stops reading from it (the kernel buffers fill, then the peer
-    blocks); reading resumes once the queue drained. This bounds what a peer
-    that floods us with Pings but never reads our Pongs (or never reads at
-    all) can make us hold: ``write_limit`` plus what one read produces.
+Flow control (``high_water`` / ``low_water``, 64 KiB / 16 KiB)
+    :attr:`Connection.buffered_amount` is what was sent but not yet taken by
+    the kernel. Once it reaches ``high_water`` the connection stops reading
+    from the peer *and* stops parsing input it already holds (the protocol
+    pauses after each message), so an echo server facing a client that sends
+    but never reads holds at most ``high_water`` plus one answer -- whatever
+    the read size, and however many Pings the peer floods us with. When the
+    queue falls to ``low_water`` reading resumes and ``drain`` is emitted,
+    once. Producers use the same pair::
+
+        def pump(conn):
+            while conn.buffered_amount < conn.high_water and more():
+                conn.send(next_chunk())
+        conn.on("drain", pump)
+        pump(conn)
+
+    ``high_water=None`` switches flow control off.
 Timers
     the ping, pong and close timers are cancelled on every teardown path, in
     :meth:`Connection._finish`, the single place ``finish`` comes from.
@@ -49,6 +63,7 @@ import itertools
 import logging
 import os
 import struct
+import threading
 from typing import Any, Callable, Optional, Union
 
 from pyee import EventEmitter
@@ -63,7 +78,7 @@ from .protocol.events import (
     PongReceived,
 )
 from .protocol.frames import Opcode
-from .protocol.websocket import Side, WebSocketProtocol
+from .protocol.websocket import OPEN, Side, WebSocketProtocol
 from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
 
@@ -79,8 +94,19 @@ INTERNAL_ERROR = 1011
 #: Defaults shared by server and client connections (those of ``websockets``).
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 20.0
-#: Stop reading from a peer while this much output is queued for it.
-DEFAULT_WRITE_LIMIT = 1 << 20
+#: Stop reading from a peer once this much output is queued for it ...
+DEFAULT_HIGH_WATER = 64 * 1024
+#: ... and resume (emitting ``drain``) once the queue is down to this.
+DEFAULT_LOW_WATER = 16 * 1024
+
+# Messages are built without Message.__init__'s type checks: the protocol's
+# payload is already bytes (half the cost, on the per-message path).
+_new_message = Message.__new__
+
+# pyee gives every emitter its own threading.Lock (~90 bytes). A loop and its
+# connections live in one thread, so all connections share one lock: it is
+# only ever held for a dict update, never across a callback.
+_SHARED_LOCK = threading.Lock()
 
 # Ping payloads: a per-process random prefix and a counter, so a payload is
 # never reused by this process and a peer cannot guess the next one.
@@ -106,9 +132,16 @@ class Connection(EventEmitter):
         request: Any = None,
         ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
         ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
-        write_limit: Optional[int] = DEFAULT_WRITE_LIMIT,
+        high_water: Optional[int] = DEFAULT_HIGH_WATER,
+        low_water: Optional[int] = DEFAULT_LOW_WATER,
     ) -> None:
+        if high_water is not None:
+            if low_water is None:
+                low_water = min(DEFAULT_LOW_WATER, high_water)
+            if not 0 <= low_water <= high_water:
+                raise ValueError("need 0 <= low_water <= high_water")
         super().__init__()
+        self._lock = _SHARED_LOCK
         self.loop = loop or get_loop()
         self.stream = stream
         self.protocol = protocol
@@ -117,8 +150,10 @@ class Connection(EventEmitter):
         self.ping_interval = ping_interval
         #: seconds a Ping may wait for its Pong before the peer is presumed dead
         self.ping_timeout = ping_timeout
-        #: queued output (bytes) above which reading from the peer pauses
-        self.write_limit = write_limit
+        #: queued output (bytes) from which reading from the peer pauses; None: never
+        self.high_water = high_water
+        #: queued output (bytes) at which reading resumes and ``drain`` fires
+        self.low_water = low_water if high_water is not None else None
         #: round-trip time in seconds of the last keepalive Ping answered, or None
         self.latency: Optional[float] = None
         #: the subprotocol agreed in the handshake, or None
@@ -141,6 +176,22 @@ class Connection(EventEmitter):
         stream.on_eof = self._on_eof
         stream.on_close = self._on_stream_close
         stream.on_drain = self._on_drain
+        if high_water is not None:
+            stream.low_water = low_water
+
+    def _add_event_handler(self, event: str, k: Callable, v: Callable) -> None:  # type: ignore[override]
+        """pyee's, with a plain dict per event instead of an ``OrderedDict``.
+
+        A dict keeps insertion order just as well and costs half the memory
+        (an ``OrderedDict`` is ~400 bytes): the example's two listeners were
+        a fifth of an idle connection.
+        """
+        self.emit("new_listener", event, k)
+        with self._lock:
+            handlers = self._events.get(event)
+            if handlers is None:
+                handlers = self._events[event] = {}  # type: ignore[assignment]
+            handlers[k] = v
 
     # -- attributes of the original -------------------------------------
 
@@ -166,6 +217,11 @@ class Connection(EventEmitter):
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes sent (frames included) that the kernel has not taken yet."""
+        return self.stream.buffered_amount
+
     # -- sending ----------------------------------------------------------
 
     def send(self, message: Sendable) -> None:
@@ -177,26 +233,29 @@ class Connection(EventEmitter):
         if not self.is_write_open:
             raise ConnectionClosed("cannot send: connection is closed",
                                    self.close_code, self.close_reason)
-        if isinstance(message, str):
+        kind = type(message)
+        if kind is Message or kind is bytes or kind is str:
+            # The common cases, without isinstance chains (per-message path).
+            if kind is Message:
+                opcode = message.opcode  # type: ignore[union-attr]
+                if opcode == Opcode.CLOSE:
+                    raise ValueError("use Connection.close(code, reason) to close")
+                self.protocol.send_message(message.body, opcode)  # type: ignore[union-attr]
+            elif kind is bytes:
+                self.protocol.send_message(message, Opcode.BINARY)  # type: ignore[arg-type]
+            else:
+                self.protocol.send_message(message.encode("utf-8"), Opcode.TEXT)  # type: ignore[union-attr]
+        elif isinstance(message, str):
             self.protocol.send_message(message.encode("utf-8"), Opcode.TEXT)
         elif isinstance(message, Message):
-            self._send_message_object(message)
+            if message.opcode == Opcode.CLOSE:
+                raise ValueError("use Connection.close(code, reason) to close")
+            self.protocol.send_message(message.body, message.opcode)
         elif isinstance(message, (bytes, bytearray, memoryview)):
             self.protocol.send_message(bytes(message), Opcode.BINARY)
         else:
             raise TypeError(f"cannot send {type(message).__name__}: use str, bytes or Message")
         self._flush()
-
-    def _send_message_object(self, message: Message) -> None:
-        opcode = message.opcode
-        if opcode == Opcode.PING:
-            self.protocol.send_ping(message.body)
-        elif opcode == Opcode.PONG:
-            self.protocol.send_pong(message.body)
-        elif opcode == Opcode.CLOSE:
-            raise ValueError("use Connection.close(code, reason) to close")
-        else:
-            self.protocol.send_message(message.body, opcode)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 7.1.2).
@@ -245,14 +304,21 @@ class Connection(EventEmitter):
 
         The protocol pauses after each complete message, so the answers a
         handler sends go out before anything the following frames cause.
+        While flow control holds reading (``_read_paused``), input already
+        received stays unparsed in the protocol until ``_on_drain``; once the
+        input is closed there is nothing left to parse and the remaining
+        events (the close, ``ConnectionLost``) are always handled.
         """
         protocol = self.protocol
         while True:
             events = protocol.events_received()
-            self._flush()
+            if protocol._out or protocol.state is not OPEN:
+                self._flush()
             if not events:
                 return
             self._dispatch(events)
+            if self._read_paused and not protocol._input_closed:
+                return
 
     def _on_stream_close(self, error: Optional[BaseException]) -> None:
         """The socket is gone: if the protocol did not finish, this is abnormal (1006)."""
@@ -268,31 +334,44 @@ class Connection(EventEmitter):
     # -- protocol output ---------------------------------------------------
 
     def _flush(self) -> None:
-        """Hand the protocol's outgoing bytes to the stream; b"" means end TCP."""
+        """Hand the protocol's outgoing bytes to the stream; b"" means end TCP.
+
+        Then apply flow control: from ``high_water`` bytes queued on, stop
+        reading (and parsing) until ``_on_drain``.
+        """
+        protocol = self.protocol
         stream = self.stream
-        for chunk in self.protocol.data_to_send():
-            if chunk:
-                if not stream.closing:
-                    stream.write(chunk)
-            else:
-                self._cancel_close_timer()
-                stream.close()
-        if self.protocol.close_expected() and self._close_timer is None and not self._finished:
+        # protocol._out is read directly: skipping the data_to_send() call
+        # when nothing is queued is measurable on the per-message path.
+        if protocol._out:
+            for chunk in protocol.data_to_send():
+                if chunk:
+                    if not stream.closing:
+                        stream.write(chunk)
+                else:
+                    self._cancel_close_timer()
+                    stream.close()
+            high = self.high_water
+            if (high is not None and not self._read_paused
+                    and stream.buffered_amount >= high and not stream.closing):
+                self._read_paused = True
+                stream.pause_reading()
+        if (protocol.state is not OPEN and protocol.close_expected()
+                and self._close_timer is None and not self._finished):
             self._close_timer = self.loop.timer(self.close_timeout, self._on_close_timeout)
-        limit = self.write_limit
-        if (limit is not None and not self._read_paused
-                and stream.buffered_amount > limit and not stream.closing):
-            # Back-pressure: do not read (and so answer) more until the peer
-            # has taken what we owe it.
-            self._read_paused = True
-            stream.pause_reading()
 
     def _on_drain(self) -> None:
-        """Everything queued reached the kernel: read from the peer again."""
-        if self._read_paused:
-            self._read_paused = False
-            if not self._finished and not self.stream.closing:
-                self.stream.resume_reading()
+        """The output queue fell to ``low_water`` (or emptied): read again, emit ``drain``."""
+        if not self._read_paused or self.stream.buffered_amount > (self.low_water or 0):
+            return
+        self._read_paused = False
+        if self._finished or self.stream.closing:
+            return
+        self.stream.resume_reading()
+        self._emit_safely("drain", self)
+        # Messages that arrived before the pause and wait in the protocol.
+        if not self._finished and not self._read_paused:
+            self._process()
 
     # -- keepalive ---------------------------------------------------------
 
@@ -363,7 +442,10 @@ class Connection(EventEmitter):
         for event in events:
             kind = type(event)
             if kind is MessageReceived:
-                self._deliver(Message(event.payload, event.opcode))
+                message = _new_message(Message)
+                message.body = event.payload
+                message.opcode = event.opcode
+                self._deliver(message)
             elif kind is CloseReceived:
                 self.is_read_open = False
                 if self.protocol.close_sent is not None:
@@ -386,11 +468,17 @@ class Connection(EventEmitter):
         that raises fails only this connection, with 1011.
         """
         events = self._events
-        once = events.pop("next_message", None)
-        handlers = list(once.values()) if once else []
+        once = events.pop("next_message", None) if "next_message" in events else None
         every = events.get("each_message")
-        if every:
-            handlers.extend(every.values())
+        if once:
+            handlers = list(once.values())
+            if every:
+                handlers.extend(every.values())
+        elif every:
+            # A snapshot: a handler may add or remove listeners.
+            handlers = tuple(every.values())  # type: ignore[assignment]
+        else:
+            return
         for handler in handlers:
             if self._finished:
                 return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from functools import partial
 from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple, Union
 
 from .connection import Connection
@@ -71,8 +72,10 @@ class Server:
             disables keepalive). See :class:`~evws.connection.Connection`.
         ping_timeout: seconds a keepalive Ping may wait for its Pong before the
             connection fails with 1011 (default 20; ``None``: never).
-        write_limit: bytes queued for a peer above which evws stops reading
-            from it until they are written (default 1 MiB; ``None``: never).
+        high_water: bytes queued for a peer from which evws stops reading
+            (and parsing) its input (default 64 KiB; ``None``: never).
+        low_water: queued bytes at which reading resumes and the
+            connection emits ``drain`` (default 16 KiB).
         loop: the :class:`~evws.reactor.loop.Loop` to run on (default: ``get_loop()``).
         ssl_cert_file: PEM certificate chain; turns TLS on (as in the
             original's last release). It may hold the private key too.
@@ -106,7 +109,8 @@ class Server:
         close_timeout: float = 10.0,
         ping_interval: Optional[float] = 20.0,
         ping_timeout: Optional[float] = 20.0,
-        write_limit: Optional[int] = 1 << 20,
+        high_water: Optional[int] = 64 * 1024,
+        low_water: Optional[int] = 16 * 1024,
         loop: Optional[Loop] = None,
         ssl_key_file: Optional[str] = None,
         ssl_cert_file: Optional[str] = None,
@@ -133,7 +137,8 @@ class Server:
         self.close_timeout = close_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.write_limit = write_limit
+        self.high_water = high_water
+        self.low_water = low_water
         self._listeners: list[Any] = []
         self._shutting_down = False
         #: "deflate" (permessage-deflate, RFC 7692, when the client offers it) or None
@@ -215,7 +220,9 @@ class Server:
             cv.croak(exc)
             return cv
         leftover = environ.get("evws.leftover", b"")
-        self._accept(sock, request, leftover, cv)
+        # This CondVar is ready before we return, so a cv.cb(fn) made by the
+        # caller runs on the next turn: deliver early frames one turn later.
+        self._accept(sock, request, leftover, cv, start_turns=2)
         if cv._error is None and isinstance(environ, MutableMapping):
             # The socket belongs to the Connection now: evws.wsgi lets go of it.
             environ["evws.upgraded"] = True
@@ -276,8 +283,13 @@ class Server:
 
     # -- the handshake, once the request is known ---------------------------
 
-    def _accept(self, sock: socket.socket, request: Request, leftover: bytes, cv: CondVar) -> None:
-        """Check the request, ask the user, answer 101 and build the Connection."""
+    def _accept(self, sock: socket.socket, request: Request, leftover: bytes, cv: CondVar,
+                start_turns: int = 1) -> None:
+        """Check the request, ask the user, answer 101 and build the Connection.
+
+        ``start_turns``: how many loop turns after ``cv`` is ready the
+        connection starts reading (and delivers ``leftover``).
+        """
         try:
             if self._shutting_down:
                 raise http_error(503, "server shutting down")
@@ -294,14 +306,17 @@ class Server:
         conn = Connection(stream, protocol, loop=self.loop, close_timeout=self.close_timeout,
                           subprotocol=subprotocol, request=request,
                           ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                          write_limit=self.write_limit)
+                          high_water=self.high_water, low_water=self.low_water)
         stream.write(response_bytes)
         self._connections.add(conn)
         conn._internal_finish.append(self._connections.discard)
         cv.send(conn, *results)
         # NOTES.md: frames that came with the request are delivered on a later
         # turn, so handlers attached in cv.cb() or after cv.recv() see them.
-        self.loop.call_soon(conn._start, leftover)
+        start: Callable[..., Any] = conn._start
+        for _ in range(start_turns - 1):
+            start = partial(self.loop.call_soon, start)
+        self.loop.call_soon(start, leftover)
 
     def _negotiate(self, request: Request) -> Tuple[Union[Response, RawResponse], tuple]:
         default = default_response(request)

@@ -22,12 +22,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free port)")
     parser.add_argument("--max-payload-size", type=int, default=1 << 20, metavar="BYTES",
                         help="largest message accepted (default 1 MiB; 0 = no limit)")
+    parser.add_argument("--no-compression", action="store_true",
+                        help="decline permessage-deflate (on by default)")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    server = evws.Server(max_payload_size=args.max_payload_size or None)
+    server = evws.Server(max_payload_size=args.max_payload_size or None,
+                         compression=None if args.no_compression else "deflate")
 
     def on_accept(sock, peer_host, peer_port):
         def established(cv):

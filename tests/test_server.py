@@ -239,6 +239,20 @@ class TestWsgi:
         run_until(loop, lambda: got)
         assert got == [b"hi"]
 
+    def test_frames_sent_with_the_request_reach_a_cb_attached_after_return(self, loop):
+        ours, theirs = socket.socketpair()
+        server = evws.Server(loop=loop)
+        env = self.environ(None, **{"evws.socket": ours,
+                                    "evws.leftover": wire.frame(wire.TEXT, b"early")})
+        cv = server.establish_wsgi(env)
+        assert cv.ready  # a WSGI view may recv() it at once
+        got = []
+        cv.cb(lambda cv: cv.recv().on("each_message", lambda c, m: got.append(m.body)))
+        run_until(loop, lambda: got)
+        assert got == [b"early"]
+        assert env["evws.upgraded"] is True
+        theirs.close()
+
     def test_no_socket_croaks(self, loop):
         with pytest.raises(evws.HandshakeError):
             evws.Server(loop=loop).establish_wsgi(self.environ(None)).recv(timeout=TIMEOUT)

@@ -61,22 +61,28 @@ def test_extension_is_built_where_a_compiler_exists():
 def test_environment_variable_forces_pure_python():
     out = _python("from evws.protocol import mask, utf8\n"
                   "print(mask.ACCELERATED, utf8.ACCELERATED, mask.apply_mask.__name__,"
-                  " utf8.Utf8Validator.__name__)", EVWS_NO_SPEEDUPS="1")
-    assert out == "False False _py_apply_mask _PyUtf8Validator"
+                  " mask.unmask_into.__name__, utf8.Utf8Validator.__name__)",
+                  EVWS_NO_SPEEDUPS="1")
+    assert out == "False False _py_apply_mask _py_unmask_into _PyUtf8Validator"
 
 
-PATHS = [pytest.param((mask._py_apply_mask, utf8._PyUtf8Validator, utf8.validate_utf8), id="python")]
+PATHS = [pytest.param((mask._py_apply_mask, mask._py_unmask_into, utf8._PyUtf8Validator,
+                       utf8._py_check_utf8), id="python")]
 if mask.ACCELERATED:
-    PATHS.append(pytest.param((mask._c_apply_mask, utf8._CUtf8Validator, utf8.check_utf8), id="c"))
+    PATHS.append(pytest.param((mask._c_apply_mask, mask._c_unmask_into, utf8._CUtf8Validator,
+                               utf8._c_check_utf8), id="c"))
 
 
 @pytest.fixture(params=PATHS)
 def protocol_path(request, monkeypatch):
     """Make the protocol state machine use one implementation of both loops."""
-    apply_mask, validator, check = request.param
+    apply_mask, unmask_into, validator, check = request.param
     monkeypatch.setattr(websocket, "apply_mask", apply_mask)
+    monkeypatch.setattr(websocket, "unmask_into", unmask_into)
     monkeypatch.setattr(websocket, "Utf8Validator", validator)
-    monkeypatch.setattr(websocket, "validate_utf8", check)
+    monkeypatch.setattr(websocket, "check_utf8", check)
+    if unmask_into is not mask._c_unmask_into:
+        monkeypatch.setattr(mask, "new_payload", None)  # C-only, pairs with C unmask_into
     return request.param
 
 

@@ -387,3 +387,50 @@ def test_wss_over_ipv6(loop, certs, client_ctx):
         assert round_trip(loop, conn, ["v6"]) == [b"v6"]
     finally:
         echo.close()
+
+
+# -- wss:// with permessage-deflate ---------------------------------------------------
+
+
+def test_wss_with_deflate_evws_both_ends(loop, tls_echo, client_ctx):
+    conn = evws.connect(f"wss://localhost:{tls_echo.port}/", loop=loop,
+                        ssl_context=client_ctx).recv(timeout=TIMEOUT)
+    run_until(loop, lambda: tls_echo.outcomes)
+    server_side = tls_echo.outcomes[0]
+    assert conn.protocol.deflate is not None
+    assert conn.protocol.deflate == server_side.protocol.deflate
+    messages = ["squeeze " * 20000, b"\x00" * 500000, bytes(range(256)) * 300, ""]
+    expected = [m.encode() if isinstance(m, str) else m for m in messages]
+    assert round_trip(loop, conn, messages) == expected
+    conn.close()
+    run_until(loop, lambda: conn.finished and server_side.finished)
+    assert conn.close_code == 1000 and conn.close_error is None
+
+
+def test_wss_with_deflate_against_websockets(loop, server_ctx, client_ctx):
+    sync_server = pytest.importorskip("websockets.sync.server")
+    agreed: list = []
+
+    def handler(ws):
+        agreed.append([type(e).__name__ for e in ws.protocol.extensions])
+        for message in ws:
+            ws.send(message)
+
+    with sync_server.serve(handler, "127.0.0.1", 0, ssl=server_ctx, max_size=None) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.socket.getsockname()[1]
+            conn = evws.connect(f"wss://127.0.0.1:{port}/", loop=loop,
+                                ssl_context=client_ctx).recv(timeout=TIMEOUT)
+            assert conn.protocol.deflate is not None
+            messages = ["squeeze " * 20000, b"\x00" * 500000]
+            assert round_trip(loop, conn, messages) == [messages[0].encode(), messages[1]]
+            run_until(loop, lambda: agreed)
+            assert agreed == [["PerMessageDeflate"]]
+            conn.close()
+            run_until(loop, lambda: conn.finished)
+            assert conn.close_code == 1000 and conn.close_error is None
+        finally:
+            server.shutdown()
+            thread.join(TIMEOUT)

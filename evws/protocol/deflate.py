@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import HandshakeError, PayloadTooBig, ProtocolError
 from .handshake import split_header_list
@@ -176,7 +177,9 @@ def _parse_extension(text: str) -> tuple[str, list[tuple[str, str | None]]] | No
     return name, params
 
 
-def parse_extensions(values: str | list[str] | tuple[str, ...]) -> list[tuple[str, list[tuple[str, str | None]]] | None]:
+def parse_extensions(
+    values: str | list[str] | tuple[str, ...],
+) -> list[tuple[str, list[tuple[str, str | None]]] | None]:
     """Parse ``Sec-WebSocket-Extensions`` values (RFC 6455 9.1).
 
     Accepts one header value or several (``Request.extensions``, already
@@ -250,7 +253,7 @@ def negotiate_server(
     return None, None
 
 
-def _answer_offer(offer: dict, config: DeflateConfig) -> tuple[str, DeflateParams] | None:
+def _answer_offer(offer: dict[str, Any], config: DeflateConfig) -> tuple[str, DeflateParams] | None:
     # 7.1.1.1: an offered server_no_context_takeover is accepted by echoing
     # it; a server may also use it unasked.
     server_nct = bool(offer["server_no_context_takeover"]) or config.server_no_context_takeover

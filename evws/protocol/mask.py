@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["apply_mask", "ACCELERATED"]
+__all__ = ["apply_mask", "unmask_into", "ACCELERATED"]
 
 # Payloads at least this long use the strided ``translate`` form.
 _TRANSLATE_THRESHOLD = 16384
@@ -71,21 +71,50 @@ def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     return bytes(out)
 
 
+def _py_unmask_into(
+    out: bytearray, out_pos: int, data: bytes, start: int, stop: int, key: bytes, key_pos: int
+) -> None:
+    """Write ``data[start:stop]`` XORed with ``key`` (from byte ``key_pos``) to ``out[out_pos:]``.
+
+    Why: a large message is assembled in one preallocated buffer, chunk by
+    chunk as reads arrive, instead of a list of per-read ``bytes`` joined at
+    the end (fewer copies, and no per-part overhead when the peer trickles).
+    ``key_pos`` is where in the key the chunk starts (the frame's byte offset
+    modulo 4). ``out`` must already be long enough.
+    """
+    n = stop - start
+    if out_pos < 0 or out_pos + n > len(out):
+        raise ValueError("the output buffer is too small")
+    if key_pos & 3:
+        key_pos &= 3
+        key = key[key_pos:] + key[:key_pos]
+    out[out_pos:out_pos + n] = _py_apply_mask(data[start:stop], key)
+
+
 def _load_speedups():  # type: ignore[no-untyped-def]
-    """The C ``apply_mask``, or None when it is unavailable or switched off."""
+    """The C ``(apply_mask, unmask_into, new_payload)``, or Nones when unavailable or off."""
     if os.environ.get("EVWS_NO_SPEEDUPS"):
-        return None
+        return None, None, None
     try:
-        from .._speedups import apply_mask as c_apply_mask
+        from .. import _speedups
     except ImportError:
-        return None
-    return c_apply_mask
+        return None, None, None
+    # An extension built from an older _speedups.c may lack the newer functions.
+    into = getattr(_speedups, "unmask_into", None)
+    return (getattr(_speedups, "apply_mask", None), into,
+            getattr(_speedups, "new_payload", None) if into is not None else None)
 
 
-#: The C implementation when available (same contract), else None.
-_c_apply_mask = _load_speedups()
+#: The C implementations when available (same contracts), else None.
+_c_apply_mask, _c_unmask_into, _c_new_payload = _load_speedups()
+
+#: C only: ``new_payload(n)`` is an uninitialised ``bytes`` of ``n`` bytes that
+#: ``unmask_into`` may fill (see _speedups.c); None on the pure-Python path,
+#: which assembles messages in a ``bytearray`` instead.
+new_payload = _c_new_payload
 
 #: True when ``apply_mask`` is the C extension's, False for pure Python.
 ACCELERATED: bool = _c_apply_mask is not None
 
 apply_mask = _c_apply_mask if _c_apply_mask is not None else _py_apply_mask
+unmask_into = _c_unmask_into if _c_unmask_into is not None else _py_unmask_into

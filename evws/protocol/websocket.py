@@ -25,7 +25,8 @@ The closing rules live here, so that the I/O layer only has to obey:
 ``ConnectionLost`` is the last event and comes exactly once: when the server
 ends TCP after the handshake, when we fail, or at EOF, whichever is first.
 
-One message at a time: parsing stops after each complete data message and
+One message at a time: parsing stops after each complete data message (and
+after each Ping, whose Pong is output just like an answer) and
 resumes when ``events_received()`` is called again with nothing left to
 return. The caller drains events until the list is empty, handling each
 batch (and sending what it answers) before the next one is parsed. So the
@@ -34,12 +35,20 @@ and a handler that closes the connection after message 1 is not handed
 message 2 -- the order a peer sees is the order of the conversation.
 
 Buffering, and why it stays linear: the payload of a data frame is consumed
-as it arrives (unmasked, validated and appended to the message's list of
-parts), never kept in the receive buffer. What is left over between calls is at
+as it arrives (unmasked straight into the message's one ``bytearray``, then
+validated), never kept in the receive buffer. That buffer is sized from the
+frame header (at most ``_PREALLOC`` ahead of what arrived, so a header that
+merely claims a huge length costs nothing) and grows geometrically, so a
+message trickling in one byte per read costs neither quadratic time nor a
+``bytes`` object per read. What is left over between calls is at
 most an incomplete header or an incomplete control frame (<= 131 bytes), so
 prepending it to the next input costs a bounded copy, and input trickling in
 one byte at a time costs linear time. The common case -- a whole small frame
-already in the input -- is sliced straight out of the input bytes.
+already in the input -- is sliced straight out of the input bytes; the
+commonest shape of all (a masked, unfragmented TEXT/BINARY frame with a 7- or
+16-bit length) is decoded inline in ``_parse`` without the generic header
+parser. Outgoing unmasked, uncompressed data messages likewise take a short
+path in ``send_message`` (a precomputed 2-byte header for short payloads).
 """
 
 from __future__ import annotations
@@ -60,8 +69,9 @@ from .events import (
     PongReceived,
 )
 from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header
-from .mask import apply_mask
-from .utf8 import Utf8Validator, validate_utf8
+from . import mask as _mask
+from .mask import apply_mask, unmask_into
+from .utf8 import Utf8Validator, check_utf8
 
 __all__ = [
     "Side",
@@ -109,6 +119,18 @@ _OPNAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"
 # the header instead of being copied into one chunk with it.
 _SEPARATE_PAYLOAD = 4096
 
+# The 2-byte headers of unmasked final TEXT/BINARY frames shorter than 126
+# bytes, indexed [opcode][length]: one concatenation builds the frame.
+_SHORT_HEADS = (
+    (),
+    tuple(bytes((0x80 | _TEXT, n)) for n in range(126)),
+    tuple(bytes((0x80 | _BINARY, n)) for n in range(126)),
+)
+
+# A message buffer is allocated at most this far ahead of the bytes received
+# (see the module docstring).
+_PREALLOC = 1 << 20
+
 # A close reason must fit in a control frame next to the 2-byte code.
 _MAX_REASON = 123
 
@@ -147,10 +169,18 @@ class WebSocketProtocol:
             before that; code is ``None`` if the frame carried no code.
     """
 
-    # Hook for extensions: the RSV bits (frames.RSV1 etc.) a negotiated
-    # extension gives a meaning to. permessage-deflate sets RSV1 here; with the
-    # default 0 any reserved bit fails the connection (5.2).
-    allowed_rsv_bits: int = 0
+    # Slots: a server holds thousands of idle protocols, and an instance
+    # __dict__ with these ~35 attributes costs ~1.6 KiB each (issue 4 targets
+    # <= 3 KiB per idle connection in all).
+    __slots__ = (
+        "side", "deflate", "_codec", "_inflating", "allowed_rsv_bits",
+        "max_payload_size", "max_fragments", "state", "close_code",
+        "close_reason", "close_sent", "_mask_out", "_expect_masked", "_debug",
+        "_fast_in", "_fast_out", "_events", "_out", "_buf", "_rest",
+        "_rest_pos", "_input_closed", "_eof_sent", "_lost", "_frame_left",
+        "_frame_key", "_frame_keypos", "_frame_fin", "_msg_opcode", "_msg_buf",
+        "_msg_fill", "_msg_size", "_msg_frames", "_utf8", "_send_opcode",
+    )
 
     def __init__(
         self,
@@ -162,6 +192,10 @@ class WebSocketProtocol:
     ) -> None:
         self.side = Side(side)
         self.deflate = deflate
+        # Hook for extensions: the RSV bits (frames.RSV1 etc.) a negotiated
+        # extension gives a meaning to. permessage-deflate sets RSV1 here; with
+        # the default 0 any reserved bit fails the connection (5.2).
+        self.allowed_rsv_bits = 0
         # The codec; None keeps every deflate branch off the hot path.
         self._codec: PerMessageDeflate | None = None
         if deflate is not None:
@@ -180,6 +214,11 @@ class WebSocketProtocol:
         self._mask_out = self.side == CLIENT
         self._expect_masked = self.side == SERVER
         self._debug = _log.isEnabledFor(logging.DEBUG)
+        # The inline paths (see the module docstring) skip debug logging,
+        # masking of output and compression: off whenever one of those is on.
+        self._fast_in = (self._expect_masked and not self._debug
+                         and (max_fragments is None or max_fragments >= 1))
+        self._fast_out = not self._mask_out and deflate is None and not self._debug
         self._events: list = []
         self._out: list[bytes] = []
         self._buf = b""  # an incomplete header or control frame, see module doc
@@ -196,9 +235,11 @@ class WebSocketProtocol:
         self._frame_key: bytes | None = None
         self._frame_keypos = 0
         self._frame_fin = False
-        # The message being assembled (opcode 0: none).
+        # The message being assembled (opcode 0: none): its payload so far is
+        # _msg_buf[:_msg_fill] (the buffer is made on the first payload byte).
         self._msg_opcode = 0
-        self._msg_parts: list[bytes] = []
+        self._msg_buf: bytearray | None = None
+        self._msg_fill = 0
         self._msg_size = 0
         self._msg_frames = 0
         self._utf8: Utf8Validator | None = None
@@ -303,27 +344,37 @@ class WebSocketProtocol:
         end = len(data)
         events = self._events
         while pos < end:
-            left = self._frame_left
-            if left:
+            if self._frame_left:
                 # The rest (or more) of a data frame's payload.
-                take = end - pos
-                if take > left:
-                    take = left
-                chunk = data[pos : pos + take]
-                pos += take
-                key = self._frame_key
-                if key is not None:
-                    off = self._frame_keypos
-                    if off:
-                        key = key[off:] + key[:off]
-                    chunk = apply_mask(chunk, key)
-                    self._frame_keypos = (off + take) & 3
-                self._frame_left = left = left - take
-                final = left == 0 and self._frame_fin
-                self._payload(chunk, left == 0)
-                if final and pos < end:
+                pos = self._frame_data(data, pos, end)
+                if not self._frame_left and self._frame_fin and pos < end:
                     return pos, True
                 continue
+
+            b0 = data[pos]
+            if (b0 == 0x82 or b0 == 0x81) and self._fast_in and not self._msg_opcode:
+                # Inline fast path: FIN + TEXT/BINARY, no RSV bit, masked, a
+                # 7- or 16-bit length, the whole frame in the input. Anything
+                # else (or a frame over the size limit) takes the general path.
+                b1 = data[pos + 1] if pos + 1 < end else 0
+                if 0x80 <= b1 < 0xFE:
+                    start = pos + 6
+                    stop = start + b1 - 0x80
+                elif b1 == 0xFE and pos + 4 <= end:
+                    start = pos + 8
+                    stop = start + (data[pos + 2] << 8 | data[pos + 3])
+                else:
+                    stop = end + 1
+                limit = self.max_payload_size
+                if stop <= end and (limit is None or stop - start <= limit):
+                    payload = apply_mask(data[start:stop], data[start - 4:start])
+                    if b0 == 0x81:
+                        check_utf8(payload)
+                    events.append(MessageReceived(b0 & 0x0F, payload))
+                    pos = stop
+                    if pos < end:
+                        return pos, True
+                    continue
 
             header = parse_header(data, pos, self.allowed_rsv_bits)
             if header is None:
@@ -353,6 +404,10 @@ class WebSocketProtocol:
                 self._control(opcode, payload)
                 if self._input_closed:
                     return end, False
+                if opcode == _PING and pos < end:
+                    # Its Pong is output, like an echo's answer: pausing here
+                    # lets the I/O layer's flow control bound a Ping flood.
+                    return pos, True
                 continue
 
             # Data frame. 5.4: a continuation needs a message in progress, and
@@ -370,18 +425,18 @@ class WebSocketProtocol:
             limit = self.max_payload_size
             if limit is not None and size > limit and not (rsv or self._inflating):
                 # A compressed message is bounded by its inflated size
-                # instead, as it is inflated (see _payload).
+                # instead, as it is inflated (see _frame_data).
                 raise PayloadTooBig(f"message over {limit} bytes")
             if self.max_fragments is not None and frames > self.max_fragments:
                 raise PayloadTooBig(f"message over {self.max_fragments} fragments")
 
             if fin and opcode and stop <= end and not rsv:
-                # Fast path: a whole unfragmented message is in the input.
+                # A whole unfragmented message is in the input.
                 payload = data[start:stop]
                 if key is not None:
                     payload = apply_mask(payload, key)
                 if opcode == _TEXT:
-                    validate_utf8(payload)
+                    check_utf8(payload)
                 if self._debug:
                     _log.debug("< %s %d bytes", _OPNAMES[opcode], length)
                 events.append(MessageReceived(opcode, payload))
@@ -406,7 +461,7 @@ class WebSocketProtocol:
             self._frame_left = length
             pos = start
             if not length:
-                self._payload(b"", True)
+                self._frame_data(data, pos, pos)  # an empty frame may end the message
                 if fin and pos < end:
                     return pos, True
         return pos, False
@@ -426,29 +481,96 @@ class WebSocketProtocol:
             raise ProtocolError("RSV1 set on a control frame")
         return RSV1
 
-    def _payload(self, chunk: bytes, frame_done: bool) -> None:
-        """Add a piece of the current data frame's payload to the message."""
-        final = frame_done and self._frame_fin
+    def _frame_data(self, data: bytes, pos: int, end: int) -> int:
+        """Take the current data frame's payload from ``data[pos:end]``; return where it stopped.
+
+        The bytes are unmasked straight into the message buffer (inflated
+        first for a compressed message), then checked as UTF-8 for text: 8.1
+        wants the failure as soon as the text is not UTF-8, even mid-message.
+        """
+        take = end - pos
+        left = self._frame_left
+        if take > left:
+            take = left
+        stop = pos + take
+        self._frame_left = left = left - take
+        final = not left and self._frame_fin
+        key = self._frame_key
+        keypos = self._frame_keypos
+        if key is not None:
+            self._frame_keypos = (keypos + take) & 3
         if self._inflating:
             # RFC 7692 7.2.2: inflate as the payload comes, then the tail.
+            chunk = data[pos:stop]
+            if key is not None:
+                if keypos:
+                    key = key[keypos:] + key[:keypos]
+                chunk = apply_mask(chunk, key)
             codec = self._codec
             chunk = codec.inflate(chunk)  # type: ignore[union-attr]
             if final:
                 chunk += codec.finish_message()  # type: ignore[union-attr]
+            take = len(chunk)
+            fill = self._msg_fill
+            buf = self._reserve(take)
+            buf[fill:fill + take] = chunk
+        else:
+            fill = self._msg_fill
+            buf = self._reserve(take)
+            if key is not None:
+                unmask_into(buf, fill, data, pos, stop, key, keypos)
+            else:
+                buf[fill:fill + take] = memoryview(data)[pos:stop]
+        self._msg_fill = fill + take
         if self._utf8 is not None:
-            # 8.1: fail as soon as the text is not UTF-8, even mid-message.
-            self._utf8.feed(chunk, final)
-        if chunk:
-            self._msg_parts.append(chunk)
+            self._utf8.feed(memoryview(buf)[fill:fill + take], final)
         if final:
-            parts = self._msg_parts
-            payload = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._events.append(MessageReceived(self._msg_opcode, payload))
-            self._reset_message()
+            self._message_done()
+        return stop
+
+    def _reserve(self, n: int) -> bytearray:
+        """Make room for ``n`` more payload bytes in the message buffer; return it.
+
+        Allocates ahead for the rest of the current frame (so a large frame
+        arriving in many reads is allocated once), but never more than
+        ``_PREALLOC`` beyond what is needed now, and grows at least
+        geometrically: linear time whatever the read sizes.
+        """
+        buf = self._msg_buf
+        need = self._msg_fill + n
+        if buf is None:
+            total = need + self._frame_left
+            if (total <= _PREALLOC and self._frame_fin and self._frame_key is not None
+                    and not self._inflating and _mask.new_payload is not None):
+                # One masked frame, size known and bounded: unmask straight
+                # into the bytes object the user will get (C path only; it is
+                # never seen before _message_done, see _speedups.c).
+                buf = self._msg_buf = _mask.new_payload(total)  # type: ignore[assignment]
+            else:
+                buf = self._msg_buf = bytearray(need + min(self._frame_left, _PREALLOC))
+        elif need > len(buf):
+            ahead = min(self._frame_left, max(len(buf), _PREALLOC))
+            buf += bytes(need - len(buf) + ahead)
+        return buf
+
+    def _message_done(self) -> None:
+        """The final frame of the message is complete: emit it."""
+        buf = self._msg_buf
+        if buf is None:
+            payload = b""
+        elif type(buf) is bytes:
+            payload = buf  # filled by unmask_into, exactly
+        else:
+            if len(buf) != self._msg_fill:
+                del buf[self._msg_fill:]  # the unused room allocated ahead
+            payload = bytes(buf)
+        self._events.append(MessageReceived(self._msg_opcode, payload))
+        self._reset_message()
 
     def _reset_message(self) -> None:
         self._msg_opcode = 0
-        self._msg_parts = []
+        self._msg_buf = None
+        self._msg_fill = 0
         self._msg_size = 0
         self._msg_frames = 0
         self._utf8 = None
@@ -567,6 +689,19 @@ class WebSocketProtocol:
             RuntimeError: a fragmented message is still being sent (data only).
         """
         if opcode == _TEXT or opcode == _BINARY:
+            if (self._fast_out and type(payload) is bytes and self.close_sent is None
+                    and not self._lost and not self._send_opcode):
+                # The short path of an echo: what _send_data and _queue would do
+                # for an unmasked, uncompressed, unfragmented frame.
+                n = len(payload)
+                if n < 126:
+                    self._out.append(_SHORT_HEADS[opcode][n] + payload)
+                elif n < _SEPARATE_PAYLOAD:
+                    self._out.append(frame_header(opcode, n) + payload)
+                else:
+                    self._out.append(frame_header(opcode, n))
+                    self._out.append(payload)
+                return
             self._send_data(opcode, payload, True)
         elif opcode == _PING:
             self.send_ping(payload)

@@ -100,3 +100,46 @@ def test_public_name_is_the_active_implementation():
     expected = mask._c_apply_mask if mask.ACCELERATED else mask._py_apply_mask
     assert mask.apply_mask is expected
     assert isinstance(mask.ACCELERATED, bool)
+
+
+INTO = [pytest.param(mask._py_unmask_into, id="python")]
+if mask._c_unmask_into is not None:
+    INTO.append(pytest.param(mask._c_unmask_into, id="c"))
+
+
+@pytest.mark.parametrize("unmask_into", INTO)
+@pytest.mark.parametrize("key_pos", [0, 1, 2, 3, 7])
+@pytest.mark.parametrize("start,stop", [(0, 0), (0, 1), (3, 20), (1, 4096), (5, 70001)])
+def test_unmask_into_matches_naive_xor_at_any_offset(unmask_into, key_pos, start, stop):
+    # A chunk that starts key_pos bytes into the frame is XORed with the key
+    # rotated by key_pos, and lands at out_pos without touching its neighbours.
+    data = os.urandom(70001)
+    key = b"\x37\xfa\x21\x3d"
+    out = bytearray(b"\xaa" * (stop - start + 9))
+    unmask_into(out, 5, data, start, stop, key, key_pos)
+    rotated = key[key_pos % 4:] + key[:key_pos % 4]
+    assert bytes(out[5:5 + stop - start]) == naive(data[start:stop], rotated)
+    assert out[:5] == b"\xaa" * 5 and out[5 + stop - start:] == b"\xaa" * 4
+
+
+@pytest.mark.parametrize("unmask_into", INTO)
+def test_unmask_into_refuses_a_short_output_buffer(unmask_into):
+    out = bytearray(3)
+    with pytest.raises(ValueError):
+        unmask_into(out, 0, b"abcd", 0, 4, b"\x01\x02\x03\x04", 0)
+    assert out == bytearray(3)
+
+
+@pytest.mark.skipif(mask.new_payload is None, reason="C extension not in use")
+def test_new_payload_is_filled_by_unmask_into_piece_by_piece():
+    data = os.urandom(10_000)
+    key = b"\x37\xfa\x21\x3d"
+    out = mask.new_payload(len(data))
+    assert type(out) is bytes and len(out) == len(data)
+    pos = 0
+    for step in (1, 3, 4096, 5000, 900):  # pieces continue the key where they left it
+        mask.unmask_into(out, pos, data, pos, pos + step, key, pos)
+        pos += step
+    assert pos == len(data) and out == naive(data, key)
+    with pytest.raises(ValueError):
+        mask.new_payload(-1)

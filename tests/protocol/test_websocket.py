@@ -991,8 +991,10 @@ class TestEventsAndLogging:
         caplog.set_level("DEBUG", logger="evws.protocol")
         p = server()
         p.receive_data(frame(1, b"a", fin=False) + frame(9, b"p") + frame(0, b"b"))
+        drain(p)  # parsing pauses after the Ping and after the message
         p.send_text("x")
         p.receive_data(frame(8, close_payload(1000)))
+        drain(p)
         lines = [r.getMessage() for r in caplog.records if r.name == "evws.protocol"]
         assert "< TEXT fin=0 1 bytes" in lines
         assert "< PING b'p'" in lines

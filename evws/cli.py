@@ -1,0 +1,437 @@
+"""The command line: ``python -m evws serve`` and ``python -m evws connect URL``.
+
+In the spirit of ``python -m websockets`` and ``websocat``: a quick server to
+point a browser or a client at, and an interactive client to poke at any
+WebSocket server. Both run on the evws loop like any evws program, which
+makes them small end-to-end examples too.
+
+Conventions, so that the commands compose in shell pipelines: *data* (the
+messages received) goes to stdout, one message per line; *progress and
+errors* go to stderr, always prefixed ``evws:``. Logging of the library
+itself (``logging.getLogger("evws")``) is silent unless ``--verbose``.
+
+``connect`` reads stdin on the loop (``loop.io(stdin, "r", ...)``, the fd
+made non-blocking for the run and restored afterwards), so typing, pasting
+and piping all work while messages arrive. A regular file or ``/dev/null``
+as stdin cannot be watched by epoll; it is then read a chunk per loop turn
+(reading a file never blocks for long). EOF on stdin closes the connection
+with 1000 and the command exits once the closing handshake is over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from . import __version__
+from .client import connect as ws_connect
+from .client import parse_url
+from .connection import Connection
+from .errors import ConnectionClosed, HandshakeError, WebSocketError
+from .message import Message
+from .reactor.condvar import CondVar
+from .reactor.loop import Handle, IoWatcher, Loop, get_loop
+from .server import Server
+
+__all__ = ["build_parser", "console_main", "main"]
+
+log = logging.getLogger("evws.cli")
+
+PROG = "python -m evws"
+
+#: how much of stdin one read takes
+READ_SIZE = 65536
+
+
+def _err(text: str) -> None:
+    """Progress and errors: stderr, prefixed, flushed at once (tests read it live)."""
+    print(f"evws: {text}", file=sys.stderr, flush=True)
+
+
+# -- the parser -----------------------------------------------------------------
+
+
+def _payload_size(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m evws`` parser, with the ``serve`` and ``connect`` subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log evws's debug messages to stderr")
+    common.add_argument("--max-payload-size", type=_payload_size, default=1 << 20, metavar="BYTES",
+                        help="largest message accepted, all fragments together; larger ones "
+                             "close the connection with 1009 (default 1048576; 0 = no limit)")
+    common.add_argument("--no-compression", action="store_true",
+                        help="do not negotiate permessage-deflate (RFC 7692)")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="evws command line: a WebSocket server and an interactive WebSocket client. "
+                    "Data goes to stdout, progress and errors to stderr.",
+        epilog=f"Run '{PROG} COMMAND --help' for the options of each command.")
+    parser.add_argument("--version", action="version", version=f"evws {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run an echo (or broadcast) WebSocket server",
+        description="Run a WebSocket server that echoes every message back to its sender "
+                    "(text as text, binary as binary), or with --broadcast sends it to every "
+                    "connected client, the sender included. The URL to connect to is printed "
+                    "on stderr once listening. SIGINT/SIGTERM close every connection with 1001 "
+                    "and exit.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; '' or 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8765,
+                       help="port to listen on (default 8765; 0 picks a free port)")
+    serve.add_argument("--broadcast", action="store_true",
+                       help="send each message to every connected client instead of echoing it")
+    serve.add_argument("--tls-cert", metavar="PEM",
+                       help="certificate chain (PEM) for wss://; may hold the key too")
+    serve.add_argument("--tls-key", metavar="PEM", help="private key (PEM), if not in --tls-cert")
+    serve.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
+                       help="subprotocol to accept when a client offers it (repeatable; the "
+                            "client's first offer that is in this list wins)")
+
+    conn = commands.add_parser(
+        "connect", parents=[common], help="connect to a WebSocket server interactively",
+        description="Connect to a ws:// or wss:// URL. Each line read on stdin is sent as one "
+                    "message (without its line ending); each message received is printed on "
+                    "stdout, text as is and binary as hexadecimal, one message per line. EOF "
+                    "on stdin (Ctrl-D) closes the connection with 1000. Exit status: 0 after "
+                    "a clean closing handshake, 1 when the connection failed or ended abnormally, "
+                    "2 for a usage error.")
+    conn.add_argument("url", help="ws:// or wss:// URL")
+    conn.add_argument("--binary", action="store_true",
+                      help="send lines as binary messages (the line's bytes) instead of text")
+    conn.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                      help="extra field for the handshake request (repeatable)")
+    conn.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
+                      help="subprotocol to offer, in order of preference (repeatable)")
+    conn.add_argument("--origin", help="Origin field of the handshake request")
+    conn.add_argument("--cafile", metavar="PEM",
+                      help="CA certificate(s) to trust for wss:// instead of the system's")
+    conn.add_argument("--insecure", action="store_true",
+                      help="wss:// without verifying the server's certificate or host name")
+    conn.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="time allowed to open the connection (default 10)")
+    return parser
+
+
+def _parse_headers(parser: argparse.ArgumentParser, values: Sequence[str]) -> list[tuple[str, str]]:
+    headers = []
+    for value in values:
+        name, colon, rest = value.partition(":")
+        if not colon or not name.strip():
+            parser.error(f"--header wants 'Name: value', not {value!r}")
+        headers.append((name.strip(), rest.strip()))
+    return headers
+
+
+def _setup_logging(verbose: bool) -> None:
+    """The CLI is an application: it may configure logging (the library never does)."""
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        evws_log = logging.getLogger("evws")
+        evws_log.addHandler(handler)
+        evws_log.setLevel(logging.DEBUG)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.command == "serve":
+        return serve(args)
+    headers = _parse_headers(parser, args.header)
+    return connect(args, headers)
+
+
+# -- serve ------------------------------------------------------------------------
+
+
+def _url_host(host: str) -> str:
+    if not host or host in ("0.0.0.0", "::"):
+        return "127.0.0.1" if host != "::" else "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
+    """``serve``: echo or broadcast until SIGINT/SIGTERM; returns the exit status."""
+    loop = loop or get_loop()
+    subprotocols: list[str] = args.subprotocol
+
+    def handshake(request: Any, response: Any) -> Any:
+        for offered in request.subprotocols:
+            if offered in subprotocols:
+                response.subprotocol = offered
+                break
+        return response
+
+    try:
+        server = Server(handshake=handshake if subprotocols else None,
+                        max_payload_size=args.max_payload_size or None,
+                        compression=None if args.no_compression else "deflate",
+                        ssl_cert_file=args.tls_cert, ssl_key_file=args.tls_key, loop=loop)
+    except (OSError, ValueError) as exc:
+        _err(f"cannot set up TLS: {exc}")
+        return 1
+
+    def on_message(conn: Connection, message: Message) -> None:
+        targets = server.connections if args.broadcast else (conn,)
+        for target in targets:
+            if target.is_write_open:
+                try:
+                    target.send(message)
+                except ConnectionClosed:  # closing between the check and the send
+                    pass
+
+    def on_accept(sock: Any, peer_host: str, peer_port: int) -> None:
+        def established(cv: CondVar) -> None:
+            try:
+                conn = cv.recv_all()[0]
+            except HandshakeError as exc:
+                # Port probes connect and leave without a request: routine.
+                log.debug("handshake with %s:%s failed: %s", peer_host, peer_port, exc)
+                if server.ssl_context is None and exc.response:
+                    try:
+                        sock.send(exc.response)
+                    except OSError:
+                        pass
+                sock.close()
+                return
+            log.info("connection from %s:%s", peer_host, peer_port)
+            conn.on("each_message", on_message)
+            conn.on("finish", lambda conn: log.info(
+                "connection from %s:%s finished (%s)", peer_host, peer_port, conn.close_code))
+
+        server.establish(sock).cb(established)
+
+    try:
+        listener = server.listen(args.host or None, args.port, on_accept)
+    except OSError as exc:
+        _err(f"cannot listen on {args.host or '*'}:{args.port}: {exc}")
+        return 1
+    scheme = "wss" if server.ssl_context is not None else "ws"
+    mode = "broadcast" if args.broadcast else "echo"
+    _err(f"{mode} server listening on {scheme}://{_url_host(args.host)}:{listener.port}/")
+
+    def stop(signum: int) -> None:
+        _err(f"signal {signum}: closing connections")
+        server.shutdown(code=1001, reason="server shutting down", timeout=5).cb(
+            lambda _cv: loop.stop())
+
+    watchers = [loop.signal(signal.SIGINT, stop), loop.signal(signal.SIGTERM, stop)]
+    try:
+        loop.run()
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        listener.close()
+    return 0
+
+
+# -- connect ----------------------------------------------------------------------
+
+
+def _client_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if args.cafile:
+        return ssl.create_default_context(cafile=args.cafile)
+    return None
+
+
+class LineReader:
+    """Feeds complete lines of a file descriptor to ``on_line``, then ``on_eof``.
+
+    Watched with ``loop.io`` when the fd can be (terminals, pipes, sockets);
+    polled a chunk per loop turn otherwise (regular files, ``/dev/null``:
+    epoll refuses them, and reading them never blocks for long).
+    """
+
+    def __init__(self, loop: Loop, fd: int, on_line: Callable[[bytes], None],
+                 on_eof: Callable[[], None]) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.on_line = on_line
+        self.on_eof = on_eof
+        self.pending = bytearray()
+        self.watcher: IoWatcher | None = None
+        self.handle: Handle | None = None
+        self.done = False
+        self.was_blocking: bool | None = None
+
+    def start(self) -> None:
+        try:
+            self.was_blocking = os.get_blocking(self.fd)
+            os.set_blocking(self.fd, False)
+        except OSError:
+            self.was_blocking = None
+        try:
+            self.watcher = self.loop.io(self.fd, "r", self.readable)
+        except (OSError, ValueError):
+            self.handle = self.loop.call_soon(self.poll)
+
+    def poll(self) -> None:
+        self.handle = None
+        self.readable()
+        if not self.done:
+            self.handle = self.loop.call_soon(self.poll)
+
+    def readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("reading fd %d failed: %r", self.fd, exc)
+            data = b""
+        if not data:
+            self.stop()
+            if self.pending:
+                line = bytes(self.pending)
+                self.pending.clear()
+                self.on_line(line)
+            self.on_eof()
+            return
+        self.pending += data
+        *lines, rest = bytes(self.pending).split(b"\n")
+        self.pending[:] = rest
+        for line in lines:
+            if self.done:  # on_line may stop us
+                return
+            self.on_line(line[:-1] if line.endswith(b"\r") else line)
+
+    def stop(self) -> None:
+        """Stop reading and give the fd its blocking mode back."""
+        if self.done:
+            return
+        self.done = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.was_blocking is not None:
+            try:
+                os.set_blocking(self.fd, self.was_blocking)
+            except OSError:
+                pass
+
+
+def _show(message: Message, out: TextIO) -> None:
+    """One message, one line: text as is, binary in hex."""
+    out.write((message.decoded_body if message.is_text else message.body.hex()) + "\n")
+    out.flush()
+
+
+def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
+            loop: Loop | None = None) -> int:
+    """``connect``: stdin lines out, messages in; returns the exit status."""
+    loop = loop or get_loop()
+    try:
+        parse_url(args.url)
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    try:
+        conn = ws_connect(
+            args.url, subprotocols=args.subprotocol or None, headers=headers or None,
+            origin=args.origin, ssl_context=_client_context(args),
+            max_payload_size=args.max_payload_size or None,
+            compression=None if args.no_compression else "deflate",
+            timeout=args.timeout, loop=loop).recv()
+    except HandshakeError as exc:
+        _err(f"cannot connect to {args.url}: {exc}")
+        return 1
+    except (OSError, WebSocketError, ValueError) as exc:
+        _err(f"cannot connect to {args.url}: {exc.__class__.__name__}: {exc}")
+        return 1
+    details = []
+    if conn.subprotocol:
+        details.append(f"subprotocol {conn.subprotocol}")
+    response = getattr(conn, "response", None)  # the server's 101 head
+    extensions = response.headers.get("Sec-WebSocket-Extensions") if response else None
+    if extensions:
+        details.append(f"extensions {extensions}")
+    _err(f"connected to {args.url}" + (f" ({', '.join(details)})" if details else ""))
+
+    state = {"broken_pipe": False}
+
+    def on_message(conn: Connection, message: Message) -> None:
+        try:
+            _show(message, sys.stdout)
+        except BrokenPipeError:  # whoever read our stdout left: so do we
+            state["broken_pipe"] = True
+            if conn.is_write_open:
+                conn.close(1000)
+
+    def on_line(line: bytes) -> None:
+        if not conn.is_write_open:
+            return
+        conn.send(line if args.binary else line.decode("utf-8", "replace"))
+
+    def on_eof() -> None:
+        if conn.is_write_open:
+            conn.close(1000)
+
+    reader = LineReader(loop, sys.stdin.fileno(), on_line, on_eof) if sys.stdin else None
+
+    def on_finish(conn: Connection) -> None:
+        if reader is not None:
+            reader.stop()
+        reason = f" {conn.close_reason!r}" if conn.close_reason else ""
+        error = f": {conn.close_error}" if conn.close_error else ""
+        _err(f"connection closed: {conn.close_code}{reason}{error}")
+        loop.stop()
+
+    def interrupted(signum: int) -> None:
+        # Ctrl-C: close politely as EOF does; a second one gives up at once.
+        if conn.is_write_open:
+            _err("interrupted: closing")
+            conn.close(1000)
+        else:
+            conn.stream.abort()
+
+    conn.on("each_message", on_message)
+    conn.on("finish", on_finish)
+    if reader is None:
+        on_eof()
+    else:
+        reader.start()
+    sigint = loop.signal(signal.SIGINT, interrupted)
+    try:
+        loop.run()
+    finally:
+        sigint.cancel()
+        if reader is not None:
+            reader.stop()
+    if state["broken_pipe"]:
+        # Silence the interpreter's own complaint about the closed stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    # Clean: a closing handshake took place (1006 means the TCP connection
+    # ended without one) and nothing failed.
+    return 0 if conn.close_error is None and conn.close_code != 1006 else 1
+
+
+def console_main() -> None:
+    """Entry point of the ``evws`` console script: exit with ``main()``'s status."""
+    sys.exit(main())
