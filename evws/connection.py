@@ -171,15 +171,15 @@ class Connection(EventEmitter):
         self._ping_payload: Optional[bytes] = None
         self._ping_sent_at = 0.0
         self._read_paused = False
-        self._internal_finish: list[Callable[["Connection"], None]] = []
+        self._internal_finish: list[Callable[[Connection], None]] = []
         stream.on_data = self._on_data
         stream.on_eof = self._on_eof
         stream.on_close = self._on_stream_close
         stream.on_drain = self._on_drain
-        if high_water is not None:
+        if high_water is not None and low_water is not None:
             stream.low_water = low_water
 
-    def _add_event_handler(self, event: str, k: Callable, v: Callable) -> None:  # type: ignore[override]
+    def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
         """pyee's, with a plain dict per event instead of an ``OrderedDict``.
 
         A dict keeps insertion order just as well and costs half the memory
@@ -188,9 +188,10 @@ class Connection(EventEmitter):
         """
         self.emit("new_listener", event, k)
         with self._lock:
-            handlers = self._events.get(event)
+            events: dict[str, dict[Callable[..., Any], Callable[..., Any]]] = self._events  # type: ignore[assignment]
+            handlers = events.get(event)
             if handlers is None:
-                handlers = self._events[event] = {}  # type: ignore[assignment]
+                handlers = events[event] = {}
             handlers[k] = v
 
     # -- attributes of the original -------------------------------------

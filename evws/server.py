@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple, Unio
 
 from .connection import Connection
 from .errors import HandshakeError
+from .protocol.deflate import DeflateConfig, DeflateParams, negotiate_server, params_from_response
 from .protocol.handshake import (
     Request,
     Response,
@@ -28,7 +29,6 @@ from .protocol.handshake import (
     parse_request,
 )
 from .protocol.http import Headers, RequestHead, RequestHeadParser, ResponseHeadParser, http_error
-from .protocol.deflate import DeflateConfig, DeflateParams, negotiate_server, params_from_response
 from .protocol.websocket import Side, WebSocketProtocol
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
@@ -318,7 +318,7 @@ class Server:
             start = partial(self.loop.call_soon, start)
         self.loop.call_soon(start, leftover)
 
-    def _negotiate(self, request: Request) -> Tuple[Union[Response, RawResponse], tuple]:
+    def _negotiate(self, request: Request) -> Tuple[Union[Response, RawResponse], Tuple[Any, ...]]:
         default = default_response(request)
         if self.compression == "deflate":
             # RFC 7692 7.1: accept the first acceptable offer, decline the rest.
@@ -350,6 +350,7 @@ class Server:
         ``Response`` (the callback may have cleared it), or the
         ``Sec-WebSocket-Extensions`` header of a raw response.
         """
+        value: Union[str, list[str], None]
         if isinstance(response, Response):
             value = response.extensions
         else:

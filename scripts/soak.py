@@ -228,7 +228,7 @@ class Client:
 
     IN_FLIGHT = 4
 
-    def __init__(self, worker: "Worker", index: int) -> None:
+    def __init__(self, worker: Worker, index: int) -> None:
         self.w = worker
         self.index = index
         self.sock: socket.socket | None = None

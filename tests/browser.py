@@ -85,7 +85,7 @@ class Browser:
                 try:
                     line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
-                    raise BrowserError(f"no DevTools URL within {timeout} s: {''.join(seen)[-2000:]}")
+                    raise BrowserError(f"no DevTools URL within {timeout} s: {''.join(seen)[-2000:]}") from None
                 if line is None:
                     raise BrowserError(f"chromium exited ({proc.wait()}): {''.join(seen)[-2000:]}")
                 seen.append(line)

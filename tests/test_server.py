@@ -273,7 +273,7 @@ class TestShutdown:
         pairs = [open_connection(loop, server) for _ in range(3)]
         assert len(server.connections) == 3
         cv = server.shutdown(code=1001, reason="bye")
-        for conn, _, peer in pairs:
+        for _conn, _, peer in pairs:
             frames = peer.read_frames(1)
             assert frames == [(True, wire.CLOSE, wire.close_payload(1001, b"bye"))]
             peer.send(wire.frame(wire.CLOSE, wire.close_payload(1001)))

@@ -25,6 +25,7 @@ environment forces the pure-Python path (the tests run both).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = ["apply_mask", "unmask_into", "ACCELERATED"]
 
@@ -91,7 +92,7 @@ def _py_unmask_into(
     out[out_pos:out_pos + n] = _py_apply_mask(data[start:stop], key)
 
 
-def _load_speedups():  # type: ignore[no-untyped-def]
+def _load_speedups() -> tuple[Any, Any, Any]:
     """The C ``(apply_mask, unmask_into, new_payload)``, or Nones when unavailable or off."""
     if os.environ.get("EVWS_NO_SPEEDUPS"):
         return None, None, None

@@ -58,6 +58,7 @@ import logging
 import os
 
 from ..errors import ConnectionClosed, PayloadTooBig, ProtocolError
+from . import mask as _mask
 from .close import parse_close, serialize_close
 from .deflate import DeflateParams, PerMessageDeflate
 from .events import (
@@ -69,7 +70,6 @@ from .events import (
     PongReceived,
 )
 from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header
-from . import mask as _mask
 from .mask import apply_mask, unmask_into
 from .utf8 import Utf8Validator, check_utf8
 
@@ -238,7 +238,8 @@ class WebSocketProtocol:
         # The message being assembled (opcode 0: none): its payload so far is
         # _msg_buf[:_msg_fill] (the buffer is made on the first payload byte).
         self._msg_opcode = 0
-        self._msg_buf: bytearray | None = None
+        # A bytearray, or (C path) a bytes object from new_payload() being filled.
+        self._msg_buf: bytearray | bytes | None = None
         self._msg_fill = 0
         self._msg_size = 0
         self._msg_frames = 0
@@ -545,13 +546,15 @@ class WebSocketProtocol:
                 # One masked frame, size known and bounded: unmask straight
                 # into the bytes object the user will get (C path only; it is
                 # never seen before _message_done, see _speedups.c).
-                buf = self._msg_buf = _mask.new_payload(total)  # type: ignore[assignment]
+                buf = self._msg_buf = _mask.new_payload(total)
             else:
                 buf = self._msg_buf = bytearray(need + min(self._frame_left, _PREALLOC))
         elif need > len(buf):
             ahead = min(self._frame_left, max(len(buf), _PREALLOC))
-            buf += bytes(need - len(buf) + ahead)
-        return buf
+            buf += bytes(need - len(buf) + ahead)  # a bytearray (new_payload is exact)
+        # A new_payload() bytes on the C path: unmask_into fills it (typed as
+        # the bytearray it stands in for).
+        return buf  # type: ignore[return-value]
 
     def _message_done(self) -> None:
         """The final frame of the message is complete: emit it."""
@@ -562,7 +565,7 @@ class WebSocketProtocol:
             payload = buf  # filled by unmask_into, exactly
         else:
             if len(buf) != self._msg_fill:
-                del buf[self._msg_fill:]  # the unused room allocated ahead
+                del buf[self._msg_fill:]  # type: ignore[union-attr]  # unused room allocated ahead
             payload = bytes(buf)
         self._events.append(MessageReceived(self._msg_opcode, payload))
         self._reset_message()

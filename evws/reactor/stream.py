@@ -260,7 +260,7 @@ class Stream:
             view = memoryview(data)
             if view.ndim != 1 or view.itemsize != 1:
                 view = view.cast("B")
-            data = view  # type: ignore[assignment]
+            data = view
         size = len(data)
         if not size:
             return
