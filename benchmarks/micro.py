@@ -103,7 +103,7 @@ def main() -> None:
             payload = (b"0123456789abcdef" * (size // 16 + 1))[:size]
             data = masked_frame(opcode, payload)
             conn, _ = echo_connection()
-            cells.append(per_call(lambda: conn._on_data(data), 20000 if size < 100000 else 50))
+            cells.append(per_call(lambda conn=conn, data=data: conn._on_data(data), 20000 if size < 100000 else 50))
         rows.append((f"echo path, {label} (us/message)", cells))
         cells = []
         for size in sizes:
@@ -111,7 +111,7 @@ def main() -> None:
             data = masked_frame(opcode, payload)
             proto = WebSocketProtocol(Side.SERVER, max_payload_size=None)
 
-            def receive() -> None:
+            def receive(proto: WebSocketProtocol = proto, data: bytes = data) -> None:
                 proto.receive_data(data)
                 while proto.events_received():
                     pass
@@ -123,11 +123,12 @@ def main() -> None:
     for name, apply_mask, validator in impls:
         blobs = [os.urandom(n) for n in sizes]
         rows.append((f"apply_mask, {name} (us)",
-                     [per_call(lambda b=b: apply_mask(b, KEY), 20000 if len(b) < 100000 else 20) for b in blobs]))
+                     [per_call(lambda b=b, apply_mask=apply_mask: apply_mask(b, KEY),
+                               20000 if len(b) < 100000 else 20) for b in blobs]))
         texts = [(b"0123456789abcdef" * (n // 16 + 1))[:n] for n in sizes]
         v = validator()
         rows.append((f"Utf8Validator.feed, {name}, ASCII (us)",
-                     [per_call(lambda t=t: v.feed(t, True), 20000 if len(t) < 100000 else 20) for t in texts]))
+                     [per_call(lambda t=t, v=v: v.feed(t, True), 20000 if len(t) < 100000 else 20) for t in texts]))
     for label, cells in rows:
         print(f"| {label} | " + " | ".join(f"{c:,.2f}" for c in cells) + " |")
 

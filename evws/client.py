@@ -43,10 +43,10 @@ from typing import Any, Iterable, Optional, Union
 from urllib.parse import unquote, urlsplit
 
 from .connection import (
-    DEFAULT_PING_INTERVAL,
-    DEFAULT_PING_TIMEOUT,
     DEFAULT_HIGH_WATER,
     DEFAULT_LOW_WATER,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
     Connection,
 )
 from .errors import HandshakeError, RecursiveWaitError, WaitTimeout
@@ -121,9 +121,9 @@ def parse_url(url: str) -> tuple[bool, str, int, str, str]:
     return secure, host, port, resource, host_header
 
 
-def _deflate_config(compression: Compression) -> Optional["_deflate.DeflateConfig"]:
+def _deflate_config(compression: Compression) -> Optional[_deflate.DeflateConfig]:
     """``"deflate"`` -> default config, a DeflateConfig as is, None/False -> off."""
-    if compression is None or compression is False:
+    if not compression:
         return None
     if compression == "deflate":
         return _deflate.DeflateConfig()
@@ -248,7 +248,7 @@ class _ClientHandshake:
         self.deflate_config = _deflate_config(options["compression"])
         self.key = generate_key()
         timeout = options["timeout"]
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.deadline: Optional[float] = None if timeout is None else time.monotonic() + timeout
         self.stream: Optional[Stream] = None
         self.timer: Any = None
         self.parser = ResponseHeadParser(max_size=options["max_handshake_size"])
@@ -534,7 +534,7 @@ def connection_pair(
 def _abandon(loop: Loop, server_cv: CondVar, client_cv: CondVar,
              server_sock: socket.socket, client_sock: socket.socket) -> None:
     """Undo a failed connection_pair without closing an fd the loop still watches."""
-    for cv, sock in ((client_cv, client_sock), (server_cv, server_sock)):
+    for cv in (client_cv, server_cv):
         if cv.ready and cv._error is None:
             cv.recv_all()[0].stream.abort()
     if not client_cv.ready:

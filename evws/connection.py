@@ -439,7 +439,7 @@ class Connection(EventEmitter):
             self._close_timer.cancel()
             self._close_timer = None
 
-    def _dispatch(self, events: list) -> None:
+    def _dispatch(self, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
             if kind is MessageReceived:

@@ -20,7 +20,6 @@ from tests import wire
 from tests.conftest import TIMEOUT, Peer, run_until
 from tests.servers import ROOT, example_server
 
-
 # -- helpers --------------------------------------------------------------------
 
 
@@ -279,7 +278,7 @@ def test_frames_with_the_101_are_delivered_after_cb(loop, raw):
 def test_fragmented_message_from_server(loop, raw):
     conn, peer = raw_connection(loop, raw)
     messages, _ = collect(conn)
-    peer.send(wire.frame(wire.TEXT, "fra".encode(), fin=False, mask=None)
+    peer.send(wire.frame(wire.TEXT, b"fra", fin=False, mask=None)
               + wire.frame(wire.PING, b"p", mask=None)  # a control frame in between
               + wire.frame(wire.CONT, "gmé".encode(), fin=False, mask=None)
               + wire.frame(wire.CONT, b"nted", mask=None))

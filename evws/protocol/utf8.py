@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import os
+from typing import Any, Protocol
 
 from ..errors import InvalidUTF8
 
@@ -77,7 +78,7 @@ class _CUtf8Validator:
 
     def feed(self, data: bytes | bytearray | memoryview, final: bool) -> None:
         """Validate the next piece of the stream (see ``_PyUtf8Validator.feed``)."""
-        state = _c_utf8_feed(data, self._state)  # type: ignore[misc]
+        state: int = _c_utf8_feed(data, self._state)
         if state < 0:
             raise InvalidUTF8("invalid UTF-8: invalid byte sequence")
         if final and state:
@@ -104,13 +105,13 @@ def _py_check_utf8(data: bytes | bytearray | memoryview) -> None:
 
 def _c_check_utf8(data: bytes | bytearray | memoryview) -> None:
     """Raise ``InvalidUTF8`` unless ``data`` is complete, valid UTF-8 (no decoding)."""
-    state = _c_utf8_feed(data, 0)  # type: ignore[misc]
+    state: int = _c_utf8_feed(data, 0)
     if state:
         reason = "invalid byte sequence" if state < 0 else "unexpected end of data"
         raise InvalidUTF8(f"invalid UTF-8: {reason}")
 
 
-def _load_speedups():  # type: ignore[no-untyped-def]
+def _load_speedups() -> Any:
     """The C ``utf8_feed``, or None when it is unavailable or switched off."""
     if os.environ.get("EVWS_NO_SPEEDUPS"):
         return None
@@ -130,9 +131,18 @@ ACCELERATED: bool = _c_utf8_feed is not None
 # ``InvalidUTF8`` at the first byte that no continuation can make valid,
 # ``reset()`` starts over. check_utf8(data): validate a complete text without
 # building a ``str`` (use ``validate_utf8`` when the text itself is wanted).
+class IncrementalUtf8(Protocol):
+    """What both validators offer: ``feed(data, final)`` and ``reset()``."""
+
+    def feed(self, data: bytes | bytearray | memoryview, final: bool) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+Utf8Validator: type[IncrementalUtf8]
 if ACCELERATED:
     Utf8Validator = _CUtf8Validator
     check_utf8 = _c_check_utf8
 else:
-    Utf8Validator = _PyUtf8Validator  # type: ignore[misc]
+    Utf8Validator = _PyUtf8Validator
     check_utf8 = _py_check_utf8

@@ -56,6 +56,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from typing import Any
 
 from ..errors import ConnectionClosed, PayloadTooBig, ProtocolError
 from . import mask as _mask
@@ -71,7 +72,7 @@ from .events import (
 )
 from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header
 from .mask import apply_mask, unmask_into
-from .utf8 import Utf8Validator, check_utf8
+from .utf8 import IncrementalUtf8, Utf8Validator, check_utf8
 
 __all__ = [
     "Side",
@@ -219,7 +220,7 @@ class WebSocketProtocol:
         self._fast_in = (self._expect_masked and not self._debug
                          and (max_fragments is None or max_fragments >= 1))
         self._fast_out = not self._mask_out and deflate is None and not self._debug
-        self._events: list = []
+        self._events: list[Any] = []
         self._out: list[bytes] = []
         self._buf = b""  # an incomplete header or control frame, see module doc
         # Input not yet parsed because a message was completed before it:
@@ -243,13 +244,13 @@ class WebSocketProtocol:
         self._msg_fill = 0
         self._msg_size = 0
         self._msg_frames = 0
-        self._utf8: Utf8Validator | None = None
+        self._utf8: IncrementalUtf8 | None = None
         # The opcode of a fragmented message we are sending (0: none).
         self._send_opcode = 0
 
     # ------------------------------------------------------------------ output
 
-    def events_received(self) -> list:
+    def events_received(self) -> list[Any]:
         """Return the events parsed since the last call, and forget them.
 
         Parsing pauses after each complete data message (see the module
@@ -816,10 +817,10 @@ class WebSocketProtocol:
         if self._mask_out:
             # 5.3: a fresh, unpredictable key for every frame.
             key = os.urandom(4)
-            head = frame_header(opcode, n, fin=fin, mask_key=key, rsv1=rsv)
+            head = frame_header(opcode, n, fin=fin, mask_key=key, rsv1=bool(rsv))
             payload = apply_mask(payload, key)
         else:
-            head = frame_header(opcode, n, fin=fin, rsv1=rsv)
+            head = frame_header(opcode, n, fin=fin, rsv1=bool(rsv))
         if self._debug:
             _log.debug("> %s fin=%d %d bytes%s", _OPNAMES[opcode], fin, n,
                        " (compressed)" if rsv else "")

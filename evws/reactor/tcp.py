@@ -62,7 +62,7 @@ def _listen_socket(host: str | None, port: int, backlog: int) -> socket.socket:
                     return sock
                 except OSError:
                     sock.close()
-        infos = [(socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port))]
+        infos: list[tuple[Any, ...]] = [(socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port))]
     else:
         infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
                                    0, socket.AI_PASSIVE)
