@@ -23,34 +23,6 @@ from tests.servers import ROOT, example_server
 # -- helpers --------------------------------------------------------------------
 
 
-def parse_client_frames(data: bytes) -> tuple[list[tuple[bool, int, bytes, bytes]], bytes]:
-    """Split masked (client-sent) frames: [(fin, opcode, mask_key, payload)], rest."""
-    frames = []
-    pos = 0
-    while len(data) - pos >= 2:
-        b0, b1 = data[pos], data[pos + 1]
-        assert b1 & 0x80, "a client must mask every frame"
-        n = b1 & 0x7F
-        head = 2
-        if n == 126:
-            if len(data) - pos < 4:
-                break
-            n = struct.unpack_from("!H", data, pos + 2)[0]
-            head = 4
-        elif n == 127:
-            if len(data) - pos < 10:
-                break
-            n = struct.unpack_from("!Q", data, pos + 2)[0]
-            head = 10
-        if len(data) - pos < head + 4 + n:
-            break
-        key = data[pos + head:pos + head + 4]
-        payload = wire.xor(data[pos + head + 4:pos + head + 4 + n], key)
-        frames.append((bool(b0 & 0x80), b0 & 0x0F, key, payload))
-        pos += head + 4 + n
-    return frames, data[pos:]
-
-
 class RawServer:
     """A listening socket whose accepted peers the test scripts byte by byte."""
 
@@ -112,7 +84,7 @@ def client_frames(peer: Peer, count: int) -> list[tuple[bool, int, bytes, bytes]
     got: list = []
 
     def enough() -> bool:
-        frames, rest = parse_client_frames(peer.buffer)
+        frames, rest = wire.parse_client_frames(peer.buffer)
         got.extend(frames)
         peer.buffer = rest
         return len(got) >= count or peer.eof

@@ -51,13 +51,16 @@ def close_payload(code: int | None = 1000, reason: bytes = b"") -> bytes:
     return b"" if code is None else struct.pack("!H", code) + reason
 
 
-def parse_frames(data: bytes) -> tuple[list[tuple[bool, int, bytes]], bytes]:
-    """Split unmasked (server-sent) frames: [(fin, opcode, payload)], leftover bytes."""
+def split_frames(data: bytes, *, masked: bool) -> tuple[list[tuple[bool, int, bytes | None, bytes]], bytes]:
+    """Split whole frames off ``data``: [(fin, opcode, mask_key, unmasked payload)], leftover.
+
+    ``masked`` says which side sent them: a client masks every frame, a server none.
+    """
     frames = []
     pos = 0
     while len(data) - pos >= 2:
         b0, b1 = data[pos], data[pos + 1]
-        assert b1 & 0x80 == 0, "a server must not mask its frames"
+        assert bool(b1 & 0x80) == masked, "a client masks every frame, a server none"
         n = b1 & 0x7F
         head = 2
         if n == 126:
@@ -70,11 +73,26 @@ def parse_frames(data: bytes) -> tuple[list[tuple[bool, int, bytes]], bytes]:
                 break
             n = struct.unpack_from("!Q", data, pos + 2)[0]
             head = 10
-        if len(data) - pos < head + n:
+        key = data[pos + head:pos + head + 4] if masked else None
+        start = pos + head + (4 if masked else 0)
+        if len(data) - start < n:
             break
-        frames.append((bool(b0 & 0x80), b0 & 0x0F, data[pos + head:pos + head + n]))
-        pos += head + n
+        payload = data[start:start + n]
+        frames.append((bool(b0 & 0x80), b0 & 0x0F, key, xor(payload, key) if key else payload))
+        pos = start + n
     return frames, data[pos:]
+
+
+def parse_frames(data: bytes) -> tuple[list[tuple[bool, int, bytes]], bytes]:
+    """Split unmasked (server-sent) frames: [(fin, opcode, payload)], leftover bytes."""
+    frames, rest = split_frames(data, masked=False)
+    return [(fin, opcode, payload) for fin, opcode, _, payload in frames], rest
+
+
+def parse_client_frames(data: bytes) -> tuple[list[tuple[bool, int, bytes, bytes]], bytes]:
+    """Split masked (client-sent) frames: [(fin, opcode, mask_key, payload)], leftover bytes."""
+    frames, rest = split_frames(data, masked=True)
+    return [(fin, opcode, key or b"", payload) for fin, opcode, key, payload in frames], rest
 
 
 def upgrade_request(path: str = "/", *, key: str = KEY, host: str = "example.com",

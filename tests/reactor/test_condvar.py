@@ -10,16 +10,7 @@ import pytest
 
 from evws.errors import CroakError, RecursiveWaitError, WaitTimeout
 from evws.reactor.condvar import CondVar
-from evws.reactor.loop import Loop
-
-TIMEOUT = 5.0
-
-
-@pytest.fixture
-def loop():
-    lp = Loop()
-    yield lp
-    lp.close()
+from tests.conftest import TIMEOUT
 
 
 class TestValues:

@@ -12,22 +12,7 @@ import pytest
 
 from evws.reactor.loop import Loop
 from evws.reactor.stream import Stream
-
-TIMEOUT = 5.0
-
-
-@pytest.fixture
-def loop():
-    lp = Loop()
-    yield lp
-    lp.close()
-
-
-def run_until(loop: Loop, cond, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        loop.run_once(0.05)
+from tests.conftest import TIMEOUT, run_until
 
 
 def counting_bytes(n_words: int) -> bytes:
