@@ -265,7 +265,7 @@ class Server:
         cv.begin(done)
         for conn in list(self._connections):
             cv.begin()
-            conn._internal_finish.append(lambda _conn: cv.end())
+            conn._add_finish_hook(lambda _conn: cv.end())
             conn.close(code, reason)
         if timeout is not None and not cv.ready:
             def expire() -> None:
@@ -309,7 +309,7 @@ class Server:
                           high_water=self.high_water, low_water=self.low_water)
         stream.write(response_bytes)
         self._connections.add(conn)
-        conn._internal_finish.append(self._connections.discard)
+        conn._registry = self._connections  # left in Connection._finish
         cv.send(conn, *results)
         # NOTES.md: frames that came with the request are delivered on a later
         # turn, so handlers attached in cv.cb() or after cv.recv() see them.
@@ -322,7 +322,10 @@ class Server:
         default = default_response(request)
         if self.compression == "deflate":
             # RFC 7692 7.1: accept the first acceptable offer, decline the rest.
-            default.extensions, _ = negotiate_server(request.extensions, self.deflate_config)
+            # (peek: reading request.extensions would keep the list on every
+            # connection's request; see Request)
+            offers = Request.extensions.peek(request)
+            default.extensions, _ = negotiate_server(offers, self.deflate_config)
         if self.handshake is not None:
             result = _call_user(self.handshake, request, default)
             if result is None:

@@ -16,6 +16,18 @@ import evws
 log = logging.getLogger("echo_server")
 
 
+# The listeners are plain functions, not closures made per connection: they
+# need nothing but their arguments, and at thousands of idle connections
+# every object a connection holds counts (issue 4).
+def echo(connection, message):
+    connection.send(message)
+
+
+def finish(connection):
+    # Nothing else holds the connection: once finished it is dropped.
+    log.debug("connection from %s finished", connection.request.peer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -42,13 +54,8 @@ def main() -> None:
                 sock.close()
                 return
 
-            @connection.on("each_message")
-            def echo(connection, message):
-                connection.send(message)
-
-            @connection.on("finish")
-            def finish(connection):
-                log.debug("connection from %s:%s finished", peer_host, peer_port)
+            connection.on("each_message", echo)
+            connection.on("finish", finish)
 
         server.establish(sock).cb(established)
 

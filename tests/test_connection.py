@@ -323,3 +323,33 @@ class TestOrdering:
         frames = peer.read_until_eof()
         assert frames == [(True, 1, b"a"), (True, 1, b"b"), (True, 8, wire.close_payload(1000))]
         run_until(loop, lambda: seen["finish"])
+
+
+def test_listeners_keep_pyee_semantics(loop):
+    """Connection stores listeners in its own compact mapping; pyee's API still works."""
+    server_side, client_side = evws.connection_pair(loop)
+    got = []
+
+    def one(c, m):
+        got.append(("one", m.body))
+
+    def two(c, m):
+        got.append(("two", m.body))
+    server_side.on("each_message", one)
+    server_side.on("each_message", two)
+    server_side.on("each_message", one)  # again: replaces, keeps its place (pyee's dict semantics)
+    server_side.once("each_message", lambda c, m: got.append(("once", m.body)))
+    assert server_side.listeners("each_message")[:2] == [one, two]
+    assert len(server_side.listeners("each_message")) == 3
+    client_side.send(b"a")
+    run_until(loop, lambda: len(got) >= 3)
+    server_side.remove_listener("each_message", one)
+    client_side.send(b"b")
+    run_until(loop, lambda: len(got) >= 4)
+    assert got == [("one", b"a"), ("two", b"a"), ("once", b"a"), ("two", b"b")]
+    server_side.remove_listener("each_message", two)
+    assert "each_message" not in server_side.event_names()
+    server_side.remove_all_listeners()
+    server_side.on("finish", lambda c: got.append("finish"))
+    client_side.close()
+    run_until(loop, lambda: got[-1] == "finish")

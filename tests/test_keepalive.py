@@ -106,7 +106,7 @@ def test_user_ping_and_its_pong_do_not_count(loop):
 def test_none_disables_keepalive(loop):
     server = evws.Server(loop=loop, ping_interval=None)
     conn, _, peer = open_connection(loop, server)
-    assert conn._ping_timer is None
+    assert conn._keepalive is None
     deadline = time.monotonic() + 0.3  # several would-be intervals of the other tests
     while time.monotonic() < deadline:
         loop.run_once(0.02)
@@ -161,7 +161,7 @@ def test_every_teardown_path_cancels_the_timers(loop, how):
         peer.send(wire.frame(wire.TEXT, b"x"))
     run_until(loop, lambda: seen)
     assert len(seen) == 1
-    assert conn._ping_timer is None and conn._pong_timer is None and conn._close_timer is None
+    assert conn._keepalive is None and conn._pong_timer is None and conn._close_timer is None
     if how != "rst":
         peer.close()  # so the server's lingering close sees EOF at once
     run_until(loop, lambda: conn.stream.closed)
@@ -200,3 +200,43 @@ def test_keepalive_with_a_real_client_over_tcp(loop):
     assert result == {"ok": True}
     run_until(loop, lambda: conns[0].finished)
     assert conns[0].close_code == 1000
+
+
+def test_connections_share_one_ticker_that_stops_with_the_last(loop):
+    """One timer per loop and interval pings them all (issue 4: no timer per idle connection)."""
+    server = evws.Server(loop=loop, ping_interval=0.08, ping_timeout=1.0)
+    opened = [open_connection(loop, server) for _ in range(3)]
+    run_until(loop, lambda: all(conn._keepalive is not None for conn, _, _ in opened))
+    assert len(active_timers(loop)) == 1
+    ticker = opened[0][0]._keepalive
+    assert all(conn._keepalive is ticker for conn, _, _ in opened) and ticker.members == 3
+    for conn, _, peer in opened:  # each one still gets its own Pings, answered or not
+        frames = peer.read_frames(1, timeout=2)
+        assert frames[0][1] == wire.PING
+        answer_pings(peer, frames)
+        run_until(loop, lambda conn=conn: conn.latency is not None, timeout=2)
+    for conn, _, peer in opened:
+        conn.close()
+        peer.read_frames(1)
+        peer.send(wire.frame(wire.CLOSE, wire.close_payload(1000)))
+        run_until(loop, lambda conn=conn: conn.finished)
+        peer.close()
+    assert ticker.members == 0
+    run_until(loop, lambda: all(conn.stream.closed for conn, _, _ in opened))
+    assert active_timers(loop) == []
+
+
+def test_first_ping_comes_within_one_interval(loop):
+    server = evws.Server(loop=loop, ping_interval=0.2, ping_timeout=1.0)
+    first, _, _ = open_connection(loop, server)
+    run_until(loop, lambda: first._keepalive is not None)  # the ticker runs
+    later = time.monotonic() + 0.05
+    run_until(loop, lambda: time.monotonic() > later)  # the next one joins mid-period
+    conn, _, peer = open_connection(loop, server)
+    run_until(loop, lambda: conn._keepalive is not None)
+    start = time.monotonic()
+    assert peer.read_frames(1, timeout=2)[0][1] == wire.PING
+    elapsed = time.monotonic() - start
+    assert 0.2 * (7 / 8) - 0.03 <= elapsed <= 0.2 + 0.1
+    conn.close()
+    first.close()

@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
 from evws.errors import HandshakeError
 from evws.protocol.http import (
@@ -57,6 +57,8 @@ _VERSION = "13"
 # RFC 6265 4.1.1: cookie-name = token (RFC 2616 token, same set as RFC 7230).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+_T = TypeVar("_T")
 
 
 def accept_key(key: str) -> str:
@@ -139,7 +141,94 @@ def _resource_name(target: str) -> str:
     return target
 
 
-@dataclass
+def _path(request: Request) -> str:
+    return request.resource_name.partition("?")[0]
+
+
+def _query(request: Request) -> str:
+    return request.resource_name.partition("?")[2]
+
+
+def _host(request: Request) -> str | None:
+    return request.headers.get("Host")
+
+
+def _origin(request: Request) -> str | None:
+    # Sec-WebSocket-Origin is what drafts 7 to 10 (version 8) sent instead.
+    origin = request.headers.get("Origin")
+    return request.headers.get("Sec-WebSocket-Origin") if origin is None else origin
+
+
+def _key(request: Request) -> str | None:
+    return request.headers.get("Sec-WebSocket-Key")
+
+
+def _version(request: Request) -> int | None:
+    text = request.headers.get_all("Sec-WebSocket-Version")
+    if len(text) == 1 and text[0].isdigit() and text[0].isascii():
+        return int(text[0])
+    return None
+
+
+def _subprotocols(request: Request) -> list[str]:
+    return split_header_list(request.headers.get_all("Sec-WebSocket-Protocol"))
+
+
+def _extensions(request: Request) -> list[str]:
+    return split_header_list(request.headers.get_all("Sec-WebSocket-Extensions"))
+
+
+def _cookies(request: Request) -> dict[str, str]:
+    return _parse_cookies(request.headers.get_all("Cookie"))
+
+
+class _Derived(Generic[_T]):
+    """A :class:`Request` attribute worked out from its headers when read.
+
+    Every connection keeps its request, so the request stores only what was
+    sent (the request line and the headers) and derives the rest on demand:
+    a dataclass holding them all cost ~1 KiB per idle connection (issue 4).
+    A value given to the constructor or assigned later is stored and wins.
+    A mutable value (list, dict) is stored the first time it is read, so
+    changing it in place sticks as it would with a plain attribute.
+    """
+
+    __slots__ = ("name", "derive", "mutable")
+
+    def __init__(self, derive: Callable[[Request], _T], *, mutable: bool = False) -> None:
+        self.name = ""
+        self.derive = derive
+        self.mutable = mutable
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, request: None, owner: type | None = None) -> _Derived[_T]: ...
+    @overload
+    def __get__(self, request: Request, owner: type | None = None) -> _T: ...
+
+    def __get__(self, request: Request | None, owner: type | None = None) -> _T | _Derived[_T]:
+        if request is None:
+            return self
+        value = self.peek(request)
+        if self.mutable and (request._stored is None or self.name not in request._stored):
+            self.__set__(request, value)
+        return value
+
+    def peek(self, request: Request) -> _T:
+        """The value, without storing a mutable one (for evws' own reads)."""
+        stored = request._stored
+        if stored is not None and self.name in stored:
+            return stored[self.name]  # type: ignore[no-any-return]
+        return self.derive(request)
+
+    def __set__(self, request: Request, value: _T) -> None:
+        if request._stored is None:
+            request._stored = {}
+        request._stored[self.name] = value
+
+
 class Request:
     """A client's opening handshake, as a handshake callback sees it.
 
@@ -147,51 +236,76 @@ class Request:
     not: checking is :func:`check_request`'s job. ``resource_name`` is the
     request target as sent (path plus ``?query``); ``path`` and ``query`` are
     that split at the first ``?``, not percent-decoded. ``peer`` is set by
-    the API layer to the peer address, when it knows it.
+    the API layer to the peer address, when it knows it. ``host``,
+    ``origin``, ``key``, ``version``, ``subprotocols``, ``extensions`` and
+    ``cookies`` are read from ``headers`` unless given (None: from the
+    headers) or assigned.
     """
 
-    method: str = "GET"
-    resource_name: str = "/"
-    path: str = "/"
-    query: str = ""
-    host: str | None = None
-    origin: str | None = None
-    key: str | None = None
-    version: int | None = None
-    subprotocols: list[str] = field(default_factory=list)
-    extensions: list[str] = field(default_factory=list)
-    headers: Headers = field(default_factory=Headers)
-    cookies: dict[str, str] = field(default_factory=dict)
-    peer: tuple[Any, ...] | None = None
-    http_version: str = "HTTP/1.1"
+    __slots__ = ("method", "resource_name", "headers", "peer", "http_version", "_stored")
+
+    path = _Derived(_path)
+    query = _Derived(_query)
+    host = _Derived(_host)
+    origin = _Derived(_origin)
+    key = _Derived(_key)
+    version = _Derived(_version)
+    subprotocols = _Derived(_subprotocols, mutable=True)
+    extensions = _Derived(_extensions, mutable=True)
+    cookies = _Derived(_cookies, mutable=True)
+
+    def __init__(
+        self,
+        method: str = "GET",
+        resource_name: str = "/",
+        path: str | None = None,
+        query: str | None = None,
+        host: str | None = None,
+        origin: str | None = None,
+        key: str | None = None,
+        version: int | None = None,
+        subprotocols: list[str] | None = None,
+        extensions: list[str] | None = None,
+        headers: Headers | None = None,
+        cookies: dict[str, str] | None = None,
+        peer: tuple[Any, ...] | None = None,
+        http_version: str = "HTTP/1.1",
+    ) -> None:
+        self.method = method
+        self.resource_name = resource_name
+        self.headers = Headers() if headers is None else headers
+        self.peer = peer
+        self.http_version = http_version
+        #: values given or assigned, and mutable ones once read (None: none yet)
+        self._stored: dict[str, Any] | None = None
+        given = {"path": path, "query": query, "host": host, "origin": origin, "key": key,
+                 "version": version, "subprotocols": subprotocols, "extensions": extensions,
+                 "cookies": cookies}
+        for name, value in given.items():
+            if value is not None:
+                setattr(self, name, value)
+
+    _PUBLIC = ("method", "resource_name", "path", "query", "host", "origin", "key", "version",
+               "subprotocols", "extensions", "headers", "cookies", "peer", "http_version")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self._PUBLIC)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._PUBLIC)
+        return f"Request({fields})"
 
 
 def parse_request(head: RequestHead) -> Request:
     """Build a :class:`Request` from a parsed head. Applies no policy."""
-    headers = head.headers
-    resource_name = _resource_name(head.target)
-    path, _, query = resource_name.partition("?")
-    # Sec-WebSocket-Origin is what drafts 7 to 10 (version 8) sent instead.
-    origin = headers.get("Origin")
-    if origin is None:
-        origin = headers.get("Sec-WebSocket-Origin")
-    version_text = headers.get_all("Sec-WebSocket-Version")
-    version = None
-    if len(version_text) == 1 and version_text[0].isdigit() and version_text[0].isascii():
-        version = int(version_text[0])
     return Request(
         method=head.method,
-        resource_name=resource_name,
-        path=path,
-        query=query,
-        host=headers.get("Host"),
-        origin=origin,
-        key=headers.get("Sec-WebSocket-Key"),
-        version=version,
-        subprotocols=split_header_list(headers.get_all("Sec-WebSocket-Protocol")),
-        extensions=split_header_list(headers.get_all("Sec-WebSocket-Extensions")),
-        headers=headers,
-        cookies=_parse_cookies(headers.get_all("Cookie")),
+        resource_name=_resource_name(head.target),
+        headers=head.headers,
         http_version=head.version,
     )
 

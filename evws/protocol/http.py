@@ -86,14 +86,17 @@ class Headers:
     a mapping; :meth:`items` lists every field, repeats included.
     """
 
+    # One flat list, name, value, name, value...: a kept handshake's headers
+    # are held by every idle connection, and a (name, value) tuple per field
+    # would cost 64 bytes more each (issue 4: memory per connection).
     __slots__ = ("_fields",)
 
     def __init__(self, fields: HeadersLike | None = None) -> None:
-        self._fields: list[tuple[str, str]] = []
+        self._fields: list[str] = []
         if fields is None:
             return
         if isinstance(fields, Headers):
-            self._fields = list(fields._fields)
+            self._fields = fields._fields[:]
         elif isinstance(fields, Mapping):
             for name, value in fields.items():
                 self.add(name, value)
@@ -101,18 +104,21 @@ class Headers:
             for name, value in fields:
                 self.add(name, value)
 
+    def _indexes(self, name: str) -> Iterator[int]:
+        """The positions in ``_fields`` of the names matching ``name``."""
+        key = name.lower()
+        fields = self._fields
+        return (i for i in range(0, len(fields), 2) if fields[i].lower() == key)
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of ``name``, or ``default`` if absent."""
-        key = name.lower()
-        for field_name, value in self._fields:
-            if field_name.lower() == key:
-                return value
+        for i in self._indexes(name):
+            return self._fields[i + 1]
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of ``name`` in order (an empty list if absent)."""
-        key = name.lower()
-        return [value for field_name, value in self._fields if field_name.lower() == key]
+        return [self._fields[i + 1] for i in self._indexes(name)]
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -131,14 +137,13 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = name.lower()
-        return any(field_name.lower() == key for field_name, _ in self._fields)
+        return any(True for _ in self._indexes(name))
 
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any other field of the same name."""
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header name and value must be str, got {name!r}: {value!r}")
-        self._fields.append((name, value))
+        self._fields += (name, value)
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` by one field.
@@ -146,29 +151,31 @@ class Headers:
         The new field takes the place of the first old one, so replacing a
         value does not reorder the head; if there was none it is appended.
         """
-        key = name.lower()
-        for index, (field_name, _) in enumerate(self._fields):
-            if field_name.lower() == key:
-                self._fields[index] = (name, value)
-                self._fields[index + 1:] = [
-                    f for f in self._fields[index + 1:] if f[0].lower() != key
-                ]
-                return
-        self.add(name, value)
+        first = next(self._indexes(name), None)
+        if first is None:
+            self.add(name, value)
+            return
+        self.remove(name)
+        self._fields[first:first] = [name, value]
 
     def remove(self, name: str) -> None:
         """Remove every field called ``name`` (nothing happens if there is none)."""
         key = name.lower()
-        self._fields = [f for f in self._fields if f[0].lower() != key]
+        fields = self._fields
+        self._fields = [
+            item for i in range(0, len(fields), 2) if fields[i].lower() != key
+            for item in fields[i:i + 2]
+        ]
 
     def items(self) -> list[tuple[str, str]]:
         """Every ``(name, value)`` pair, in order, repeats included."""
-        return list(self._fields)
+        fields = self._fields
+        return list(zip(fields[::2], fields[1::2]))
 
     def _names(self) -> list[str]:
         seen: set[str] = set()
         names = []
-        for field_name, _ in self._fields:
+        for field_name in self._fields[::2]:
             key = field_name.lower()
             if key not in seen:
                 seen.add(key)
@@ -190,14 +197,14 @@ class Headers:
         # case-insensitively: that is what the two heads would mean on the wire.
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(n.lower(), v) for n, v in self._fields] == [
-            (n.lower(), v) for n, v in other._fields
+        return [(n.lower(), v) for n, v in self.items()] == [
+            (n.lower(), v) for n, v in other.items()
         ]
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
+        return f"Headers({self.items()!r})"
 
 
 @dataclass(frozen=True)
@@ -425,6 +432,7 @@ class _HeadParser:
             text = value.decode("ascii")
             headers.add(sys.intern(name.decode("ascii")),
                         sys.intern(text) if len(text) <= 16 else text)
+        headers._fields = headers._fields[:]  # no spare room: the head is kept
         return headers
 
 
@@ -458,7 +466,8 @@ class RequestHeadParser(_HeadParser):
         if match is None:
             raise self._fail(400, f"malformed HTTP request line: {_show(start_line)}")
         method, target, version = (part.decode("ascii") for part in match.groups())
-        return RequestHead(method, target, version, headers)
+        # Shared, like the header names: every idle connection keeps these.
+        return RequestHead(sys.intern(method), target, sys.intern(version), headers)
 
 
 class ResponseHeadParser(_HeadParser):

@@ -460,3 +460,46 @@ def test_check_response_failures(lines, kwargs, words):
         check_response(response_head(lines), KEY, **kwargs)
     assert info.value.status == 101
     assert words in str(info.value)
+
+
+# -- Request keeps only what was sent (issue 4: memory per idle connection) --
+
+
+def test_request_stores_the_head_and_derives_the_rest():
+    request = request_of(MINIMAL + ["Cookie: a=1; b=\"2\"", "Sec-WebSocket-Extensions: x, y"])
+    assert not hasattr(request, "__dict__")  # slotted
+    assert request._stored is None  # nothing derived is kept...
+    assert (request.host, request.key, request.version) == ("example.com", KEY, 13)
+    assert request.extensions == ["x", "y"]
+    assert Request.extensions.peek(request) == ["x", "y"]
+    peeked = Request(headers=Headers([("Sec-WebSocket-Extensions", "z")]))
+    assert Request.extensions.peek(peeked) == ["z"] and peeked._stored is None
+    request.headers.set("Host", "other.example")  # ... so it follows the headers
+    assert request.host == "other.example"
+    assert request.cookies == {"a": "1", "b": "2"}
+
+
+def test_request_mutable_attributes_keep_in_place_changes():
+    request = request_of(replace(MINIMAL, "Sec-WebSocket-Version") + ["Sec-WebSocket-Version: 13",
+                                                                      "Sec-WebSocket-Protocol: a"])
+    request.subprotocols.append("b")
+    request.cookies["c"] = "3"
+    assert request.subprotocols == ["a", "b"] and request.cookies == {"c": "3"}
+
+
+def test_request_given_or_assigned_values_win_over_the_headers():
+    request = Request(resource_name="/x?y=1", host="given", version=8, subprotocols=["p"],
+                      headers=Headers([("Host", "header"), ("Sec-WebSocket-Version", "13")]))
+    assert (request.path, request.query) == ("/x", "y=1")
+    assert (request.host, request.version, request.subprotocols) == ("given", 8, ["p"])
+    request.origin = "http://o"
+    request.path = "/elsewhere"
+    assert (request.origin, request.path, request.resource_name) == ("http://o", "/elsewhere", "/x?y=1")
+    # A bare Request has the defaults the dataclass had.
+    bare = Request()
+    assert (bare.method, bare.resource_name, bare.path, bare.query, bare.host, bare.origin,
+            bare.key, bare.version, bare.subprotocols, bare.extensions, bare.cookies,
+            bare.peer, bare.http_version) == ("GET", "/", "/", "", None, None, None, None,
+                                              [], [], {}, None, "HTTP/1.1")
+    assert bare == Request() and bare != request
+    assert repr(bare).startswith("Request(method='GET', resource_name='/', path='/'")

@@ -510,3 +510,26 @@ def test_serialize_request_exact():
 def test_serialize_request_refuses(method, target, headers):
     with pytest.raises(ValueError):
         serialize_request(method, target, headers)
+
+
+def test_headers_flat_storage_keeps_order_and_repeats():
+    headers = Headers([("A", "1"), ("b", "2"), ("a", "3"), ("C", "4")])
+    headers.set("B", "5")
+    assert headers.items() == [("A", "1"), ("B", "5"), ("a", "3"), ("C", "4")]
+    headers.set("a", "6")  # the first A's place; the second goes
+    assert headers.items() == [("a", "6"), ("B", "5"), ("C", "4")]
+    headers.remove("b")
+    headers.add("c", "7")
+    assert headers.get_all("C") == ["4", "7"] and list(headers) == ["a", "C"] and len(headers) == 2
+    assert "A" in headers and "b" not in headers and 1 not in headers
+    assert repr(headers) == "Headers([('a', '6'), ('C', '4'), ('c', '7')])"
+    copy = headers.copy()
+    copy.add("D", "8")
+    assert "D" not in headers and copy != headers
+
+
+def test_parsed_headers_share_names_and_short_values():
+    heads = [RequestHeadParser().feed(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n") for _ in range(2)]
+    a, b = (head.headers._fields for head in heads)
+    assert a == ["Upgrade", "websocket"] and all(x is y for x, y in zip(a, b))
+    assert heads[0].method is heads[1].method and heads[0].version is heads[1].version
