@@ -3,6 +3,7 @@
 
     python3 benchmarks/micro.py            # table of microseconds per operation
     python3 benchmarks/micro.py --profile  # plus a cProfile of the echo path
+    python3 benchmarks/micro.py --profile --size 4096 --text
 
 Why: on loopback the kernel's send/recv cost is shared by every server, so
 what evws can improve is the Python work around them. This measures that work
@@ -59,6 +60,9 @@ class StubStream:
     def write(self, data) -> None:  # type: ignore[no-untyped-def]
         self.written += len(data)
 
+    def writev(self, chunks) -> None:  # type: ignore[no-untyped-def]
+        self.written += sum(map(len, chunks))
+
     def start_reading(self) -> None:
         pass
 
@@ -91,7 +95,9 @@ def per_call(fn, number: int) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", action="store_true", help="cProfile the 16-B echo path")
+    ap.add_argument("--profile", action="store_true", help="cProfile the echo path (16 B binary)")
+    ap.add_argument("--size", type=int, default=16, help="message size for --profile (default 16)")
+    ap.add_argument("--text", action="store_true", help="text messages for --profile")
     a = ap.parse_args()
     print(f"evws._speedups in use: mask {mask.ACCELERATED}, utf8 {utf8.ACCELERATED}")
     print("| operation | 16 B | 4 KiB | 1 MiB |\n|---|---|---|---|")
@@ -134,7 +140,7 @@ def main() -> None:
 
     if a.profile:
         conn, _ = echo_connection()
-        data = masked_frame(2, b"0123456789abcdef")
+        data = masked_frame(1 if a.text else 2, (b"0123456789abcdef" * (a.size // 16 + 1))[:a.size])
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(200000):

@@ -463,13 +463,20 @@ class Connection(EventEmitter):
         # protocol._out is read directly: skipping the data_to_send() call
         # when nothing is queued is measurable on the per-message path.
         if protocol._out:
-            for chunk in protocol.data_to_send():
-                if chunk:
-                    if not stream.closing:
-                        stream.write(chunk)
+            chunks = protocol.data_to_send()
+            # b"" (end TCP) can only come last: nothing is queued after it.
+            end_tcp = not chunks[-1]
+            if end_tcp:
+                chunks.pop()
+            if chunks and not stream.closing:
+                if len(chunks) == 1:
+                    stream.write(chunks[0])  # the common case, one call less
                 else:
-                    self._cancel_close_timer()
-                    stream.close()
+                    # One syscall for a header and its separate payload.
+                    stream.writev(chunks)
+            if end_tcp:
+                self._cancel_close_timer()
+                stream.close()
             high = self.high_water
             if (high is not None and not self._read_paused
                     and stream.buffered_amount >= high and not stream.closing):

@@ -56,6 +56,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import struct
 from typing import Any
 
 from ..errors import ConnectionClosed, PayloadTooBig, ProtocolError
@@ -117,8 +118,13 @@ _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0, 1, 2, 8, 9, 10
 _OPNAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
 
 # Outgoing payloads at least this long are queued as a chunk of their own after
-# the header instead of being copied into one chunk with it.
+# the header instead of being copied into one chunk with it. The I/O layer
+# writes the two with one sendmsg (Stream.writev): copying 4 KiB costs as much
+# as gathering it (benchmarks/PROFILE.md, phase 3), and more costs more.
 _SEPARATE_PAYLOAD = 4096
+
+# The 4-byte header of an unmasked final frame of 126..65535 bytes.
+_pack_head16 = struct.Struct("!BBH").pack
 
 # The 2-byte headers of unmasked final TEXT/BINARY frames shorter than 126
 # bytes, indexed [opcode][length]: one concatenation builds the frame.
@@ -700,10 +706,13 @@ class WebSocketProtocol:
                 n = len(payload)
                 if n < 126:
                     self._out.append(_SHORT_HEADS[opcode][n] + payload)
-                elif n < _SEPARATE_PAYLOAD:
-                    self._out.append(frame_header(opcode, n) + payload)
+                    return
+                head = (_pack_head16(0x80 | opcode, 126, n) if n < 0x10000
+                        else frame_header(opcode, n))
+                if n < _SEPARATE_PAYLOAD:
+                    self._out.append(head + payload)
                 else:
-                    self._out.append(frame_header(opcode, n))
+                    self._out.append(head)
                     self._out.append(payload)
                 return
             self._send_data(opcode, payload, True)

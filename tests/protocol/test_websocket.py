@@ -338,6 +338,32 @@ class TestLengths:
         chunks = p.data_to_send()
         assert chunks == [b"\x82\x7f" + struct.pack("!Q", 100_000), payload]
         assert chunks[1] is payload
+
+    @pytest.mark.parametrize("opcode", [1, 2])
+    @pytest.mark.parametrize(
+        "size, length",
+        [
+            (0, b"\x00"),
+            (125, b"\x7d"),
+            (126, b"\x7e\x00\x7e"),
+            (4095, b"\x7e\x0f\xff"),
+            (4096, b"\x7e\x10\x00"),
+            (65535, b"\x7e\xff\xff"),
+            (65536, b"\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+        ],
+    )
+    def test_send_message_short_path_headers(self, opcode, size, length):
+        # send_message's echo path builds headers itself; from 4 KiB on the
+        # payload is its own chunk (the I/O layer gathers the two).
+        p = server()
+        payload = b"a" * size
+        p.send_message(payload, opcode)
+        chunks = p.data_to_send()
+        assert b"".join(chunks) == bytes([0x80 | opcode]) + length + payload
+        if size >= 4096:
+            assert len(chunks) == 2 and chunks[1] is payload
+        else:
+            assert len(chunks) == 1
         assert all(chunks)  # no empty chunk that could be mistaken for EOF
 
     def test_memoryview_and_bytearray_payloads(self):

@@ -248,6 +248,83 @@ class TestWriting:
             s.write(b"again")
 
 
+class CountingSocket(socket.socket):
+    """A socket that counts its ``send``/``sendmsg`` calls."""
+
+    sends = 0
+    sendmsgs = 0
+
+    def send(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.sends += 1
+        return super().send(*args, **kwargs)
+
+    def sendmsg(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.sendmsgs += 1
+        return super().sendmsg(*args, **kwargs)
+
+
+@pytest.fixture
+def counting_pair():
+    a, b = socket.socketpair()
+    ours = CountingSocket(a.family, a.type, fileno=a.detach())
+    yield ours, b
+    ours.close()
+    b.close()
+
+
+@pytest.mark.skipif(not hasattr(socket.socket, "sendmsg"), reason="no sendmsg here")
+class TestWritev:
+    def test_header_and_payload_leave_in_one_syscall(self, loop, counting_pair):
+        ours, theirs = counting_pair
+        s = Stream(ours, loop)
+        s.writev([b"\x82\x7e\x10\x00", b"p" * 4096])
+        assert (ours.sendmsgs, ours.sends) == (1, 0)
+        assert s.buffered_amount == 0
+        reader = SlowReader(loop, theirs)
+        run_until(loop, lambda: len(reader.data) == 4100)
+        assert reader.data == b"\x82\x7e\x10\x00" + b"p" * 4096
+
+    def test_single_chunk_is_a_plain_write(self, loop, counting_pair):
+        ours, _ = counting_pair
+        Stream(ours, loop).writev([b"just one"])
+        assert (ours.sendmsgs, ours.sends) == (0, 1)
+
+    def test_partial_sendmsg_queues_the_rest_in_order(self, loop, counting_pair):
+        ours, theirs = counting_pair
+        s = Stream(ours, loop)
+        rec = Recorder(s)
+        chunks = [b"head", counting_bytes(1024 * 1024), b"", b"tail" * 10, counting_bytes(1000)]
+        total = sum(map(len, chunks))
+        s.writev(chunks)  # 4 MiB + a bit: more than a socketpair buffer takes
+        assert 0 < s.buffered_amount < total
+        assert ours.sendmsgs == 1
+        s.writev([b"after", b"wards"])  # queued behind the rest, not gathered
+        assert ours.sendmsgs == 1
+        reader = SlowReader(loop, theirs)
+        run_until(loop, lambda: len(reader.data) >= total + 10, timeout=10)
+        assert reader.data == b"".join(chunks) + b"afterwards"
+        assert s.buffered_amount == 0 and rec.drains == 1
+
+    def test_closed_for_writing_raises(self, loop, pair):
+        a, _ = pair
+        s = Stream(a, loop)
+        s.shutdown_write()
+        with pytest.raises(BrokenPipeError):
+            s.writev([b"a", b"b"])
+
+    def test_send_error_reported_once_on_next_turn(self, loop, tcp_pair):
+        ours, theirs = tcp_pair
+        s = Stream(ours, loop)
+        rec = Recorder(s)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        theirs.close()
+        assert select.select([ours], [], [], TIMEOUT)[0]  # the RST arrived
+        s.writev([b"into", b"the void"])
+        assert s.closed and rec.closes == []
+        loop.run_once(0)
+        assert len(rec.closes) == 1 and isinstance(rec.closes[0], OSError)
+
+
 class TestClosing:
     def test_close_after_write_delivers_everything_then_eof(self, loop, tcp_pair):
         ours, theirs = tcp_pair
