@@ -108,6 +108,18 @@ class Peer:
         self.sock.close()
 
 
+def establish_raw(loop: evws.Loop, server: evws.Server, data: bytes):
+    """Start establish on one end of a socketpair, send ``data`` from the other.
+
+    Returns (establish CondVar, the server's socket, the Peer).
+    """
+    ours, theirs = socket.socketpair()
+    peer = Peer(loop, theirs)
+    cv = server.establish(ours)
+    peer.send(data)
+    return cv, ours, peer
+
+
 def open_connection(loop: evws.Loop, server: evws.Server, request: bytes = wire.upgrade_request(),
                     *, chunk: int | None = None):
     """Handshake a server over a socketpair; return (connection, results, peer)."""

@@ -24,6 +24,7 @@ from typing import Iterator
 import pytest
 
 import evws
+from tests.certs import self_signed
 from tests.conftest import run_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -384,13 +385,7 @@ def test_connect_failures_exit_1_with_the_reason_on_stderr(loop):
 def certs(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("no openssl command")
-    directory = tmp_path_factory.mktemp("cli-tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30)
+    cert, key = self_signed(tmp_path_factory.mktemp("cli-tls"))
     return str(cert), str(key)
 
 

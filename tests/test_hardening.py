@@ -19,16 +19,8 @@ import pytest
 
 import evws
 from tests import wire
-from tests.conftest import TIMEOUT, Peer, open_connection, run_until
+from tests.conftest import TIMEOUT, Peer, establish_raw, open_connection, run_until
 from tests.servers import ROOT
-
-
-def establish_raw(loop, server, data: bytes):
-    ours, theirs = socket.socketpair()
-    peer = Peer(loop, theirs)
-    cv = server.establish(ours)
-    peer.send(data)
-    return cv, ours, peer
 
 
 def rejected(loop, server, data: bytes, status: int) -> evws.HandshakeError:

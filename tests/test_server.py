@@ -8,16 +8,7 @@ import pytest
 
 import evws
 from tests import wire
-from tests.conftest import TIMEOUT, Peer, open_connection, run_until
-
-
-def establish_raw(loop, server, data: bytes):
-    """Start establish on one end of a socketpair, send ``data`` from the other."""
-    ours, theirs = socket.socketpair()
-    peer = Peer(loop, theirs)
-    cv = server.establish(ours)
-    peer.send(data)
-    return cv, ours, peer
+from tests.conftest import TIMEOUT, Peer, establish_raw, open_connection, run_until
 
 
 def expect_rejection(loop, server, data: bytes, status: int) -> evws.HandshakeError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 
 import pytest
@@ -18,6 +17,7 @@ import evws
 from evws.reactor.stream import Stream
 from evws.reactor.tls import tls_handshake
 from tests import wire
+from tests.certs import self_signed
 from tests.conftest import TIMEOUT, run_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
@@ -27,12 +27,7 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no open
 def certs(tmp_path_factory):
     """(cert_file, key_file, combined_file) for localhost / 127.0.0.1 / ::1."""
     directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
-        check=True, capture_output=True, timeout=30)
+    cert, key = self_signed(directory)
     combined = directory / "combined.pem"
     combined.write_bytes(key.read_bytes() + cert.read_bytes())
     return str(cert), str(key), str(combined)
@@ -157,12 +152,7 @@ def test_untrusted_certificate_croaks_both_ends(loop, tls_echo):
 
 def test_certificate_for_another_name_croaks(loop, certs, tmp_path):
     """Trusted, but issued for example.test only: 127.0.0.1 must not match."""
-    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=example.test",
-         "-addext", "subjectAltName=DNS:example.test"],
-        check=True, capture_output=True, timeout=30)
+    cert, key = self_signed(tmp_path, "example.test", "DNS:example.test")
     echo = TlsEcho(loop, ssl_cert_file=str(cert), ssl_key_file=str(key))
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
