@@ -31,7 +31,7 @@ connections, and so will the client):
 Keepalive (``ping_interval`` / ``ping_timeout``)
     every ``ping_interval`` seconds a Ping with a fresh 8-byte payload goes
     out (the first one between 7/8 of ``ping_interval`` and ``ping_interval``
-    after the connection opened: see ``_KeepaliveTicker``); the Pong that
+    after the connection opened: see ``KeepaliveTicker``); the Pong that
     echoes that payload (and only that one: an unsolicited or stale Pong is
     ignored) sets :attr:`Connection.latency`. Without a
     matching Pong within ``ping_timeout`` the peer is presumed dead and the
@@ -66,12 +66,13 @@ import logging
 import os
 import struct
 import threading
-import weakref
-from typing import Any, Callable, Iterator, MutableMapping, Optional, Union
+from typing import Any, Callable, MutableMapping, Optional, Union
 
 from pyee import EventEmitter
 
 from .errors import ConnectionClosed
+from .keepalive import KeepaliveTicker
+from .listeners import Listener, Listeners
 from .message import Message
 from .protocol.events import (
     CloseReceived,
@@ -82,7 +83,7 @@ from .protocol.events import (
 )
 from .protocol.frames import Opcode
 from .protocol.websocket import OPEN, Side, WebSocketProtocol
-from .reactor.loop import Loop, Timer, get_loop
+from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
 
 __all__ = ["Connection"]
@@ -115,118 +116,6 @@ _SHARED_LOCK = threading.Lock()
 # never reused by this process and a peer cannot guess the next one.
 _PING_PREFIX = os.urandom(4)
 _ping_counter = itertools.count(1)
-
-
-Listener = Callable[..., Any]
-
-
-class _Listeners(MutableMapping[Listener, Listener]):
-    """One event's listeners for pyee (listener -> function to call), in one flat list.
-
-    pyee keeps a mapping per event; a ``dict`` holding one listener costs
-    ~220 bytes, and the echo example's two listeners were the largest part of
-    an idle connection (issue 4). This holds ``[key, value, key, value...]``
-    in registration order (~100 bytes). A connection has a handful of
-    listeners, so the linear lookups cost nothing.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self) -> None:
-        self._items: list[Listener] = []
-
-    def _index(self, key: Listener) -> int:
-        items = self._items
-        for i in range(0, len(items), 2):
-            if items[i] == key:
-                return i
-        raise KeyError(key)
-
-    def __getitem__(self, key: Listener) -> Listener:
-        return self._items[self._index(key) + 1]
-
-    def __setitem__(self, key: Listener, value: Listener) -> None:
-        try:
-            self._items[self._index(key) + 1] = value
-        except KeyError:
-            self._items += (key, value)
-
-    def __delitem__(self, key: Listener) -> None:
-        i = self._index(key)
-        del self._items[i:i + 2]
-
-    def __iter__(self) -> Iterator[Listener]:
-        return iter(self._items[::2])
-
-    def __len__(self) -> int:
-        return len(self._items) >> 1
-
-    def values(self) -> list[Listener]:  # type: ignore[override]
-        """The functions to call, in order: a new list (a snapshot), fast to make."""
-        return self._items[1::2]
-
-
-class _KeepaliveTicker:
-    """One repeating timer per loop and ping interval, for all its connections.
-
-    A timer per connection (the ``Timer``, its heap entry and a bound method)
-    cost ~260 bytes of every idle connection (issue 4); an entry in a bucket
-    costs ~40. The connections are spread over ``SLOTS`` buckets and every
-    ``interval / SLOTS`` seconds the next bucket is pinged, so each connection
-    is pinged every ``interval``. One that joins goes into the bucket just
-    pinged: its first Ping comes between ``(SLOTS - 1) / SLOTS`` and one
-    ``interval`` later. The timer is cancelled when the last connection
-    leaves, so a loop with no connection has no keepalive timer.
-    """
-
-    SLOTS = 8
-    __slots__ = ("loop", "interval", "buckets", "index", "members", "timer")
-
-    #: loop -> interval -> its ticker
-    _tickers: weakref.WeakKeyDictionary[Loop, dict[float, _KeepaliveTicker]] = (
-        weakref.WeakKeyDictionary())
-
-    def __init__(self, loop: Loop, interval: float) -> None:
-        self.loop = loop
-        self.interval = interval
-        # Dicts used as ordered sets: Pings go out in the order connections joined.
-        self.buckets: list[dict[Connection, None]] = [{} for _ in range(self.SLOTS)]
-        self.index = 0  # the bucket pinged last (and where newcomers go)
-        self.members = 0
-        step = interval / self.SLOTS
-        self.timer: Timer = loop.timer(step, self._tick, interval=step)
-
-    @classmethod
-    def join(cls, conn: Connection, interval: float) -> _KeepaliveTicker:
-        """Ping ``conn`` (``conn._on_ping_timer()``) every ``interval`` from now on."""
-        tickers = cls._tickers.setdefault(conn.loop, {})
-        ticker = tickers.get(interval)
-        if ticker is None:
-            ticker = tickers[interval] = cls(conn.loop, interval)
-        ticker.buckets[ticker.index][conn] = None
-        ticker.members += 1
-        return ticker
-
-    def leave(self, conn: Connection) -> None:
-        for bucket in self.buckets:
-            if conn in bucket:
-                del bucket[conn]
-                self.members -= 1
-                break
-        if self.members == 0:
-            self.timer.cancel()
-            tickers = self._tickers.get(self.loop)
-            if tickers is not None and tickers.get(self.interval) is self:
-                del tickers[self.interval]
-
-    def _tick(self) -> None:
-        self.index = (self.index + 1) % self.SLOTS
-        # A snapshot: a connection that finished leaves its bucket.
-        for conn in tuple(self.buckets[self.index]):
-            try:
-                conn._on_ping_timer()
-            except Exception:  # one connection's failure must not stop the others' pings
-                log.exception("keepalive ping failed on %r", conn)
 
 
 class Connection(EventEmitter):
@@ -282,7 +171,7 @@ class Connection(EventEmitter):
         self._finished = False
         self._close_timer: Any = None
         #: the shared ticker pinging this connection, while keepalive runs
-        self._keepalive: Optional[_KeepaliveTicker] = None
+        self._keepalive: Optional[KeepaliveTicker] = None
         self._pong_timer: Any = None
         self._ping_payload: Optional[bytes] = None
         self._ping_sent_at = 0.0
@@ -299,7 +188,7 @@ class Connection(EventEmitter):
             stream.low_water = low_water
 
     def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
-        """pyee's, with a :class:`_Listeners` per event instead of an ``OrderedDict``.
+        """pyee's, with a :class:`Listeners` per event instead of an ``OrderedDict``.
 
         It keeps registration order just as well for a fraction of the memory
         (an ``OrderedDict`` is ~400 bytes, a dict ~220): the example's two
@@ -310,7 +199,7 @@ class Connection(EventEmitter):
             events: dict[str, MutableMapping[Listener, Listener]] = self._events  # type: ignore[assignment]
             handlers = events.get(event)
             if handlers is None:
-                handlers = events[event] = _Listeners()
+                handlers = events[event] = Listeners()
             handlers[k] = v
 
     # -- attributes of the original -------------------------------------
@@ -406,7 +295,7 @@ class Connection(EventEmitter):
         if self._read_paused:
             self.stream.pause_reading()
         if self.ping_interval is not None and self._keepalive is None:
-            self._keepalive = _KeepaliveTicker.join(self, self.ping_interval)
+            self._keepalive = KeepaliveTicker.join(self, self.ping_interval)
         if initial:
             self._on_data(initial)
 
@@ -597,7 +486,7 @@ class Connection(EventEmitter):
         once = events.pop("next_message", None) if "next_message" in events else None
         every = events.get("each_message")
         # A snapshot: a handler may add or remove listeners.
-        if once is None and type(every) is _Listeners:
+        if once is None and type(every) is Listeners:
             handlers = every._items[1::2]  # the common case, without method calls
         else:
             handlers = list(once.values()) if once else []
