@@ -74,13 +74,16 @@ class _EpollPoller:
     the raw ``(fd, events)`` list from ``epoll.poll`` is all it needs.
     """
 
-    __slots__ = ("_epoll", "_fds")
+    __slots__ = ("_epoll", "_fds", "poll")
 
     _MASKS = (0, _IN, _OUT, _IN | _OUT)  # indexed by _READ | _WRITE bits
 
     def __init__(self, fds: dict[int, Any]) -> None:
         self._epoll = select.epoll()
         self._fds = fds  # the loop's registrations, for get_map()
+        # poll(timeout) -> [(fd, events)]: epoll's own method, no Python
+        # frame per loop turn (the loop passes epoll's timeout convention).
+        self.poll = self._epoll.poll
 
     def register(self, fd: int, events: int) -> None:
         self._epoll.register(fd, self._MASKS[events])
@@ -90,15 +93,6 @@ class _EpollPoller:
 
     def unregister(self, fd: int) -> None:
         self._epoll.unregister(fd)
-
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        if timeout is None:
-            timeout = -1
-        elif timeout > 0:
-            # epoll counts milliseconds: round up, or a sub-millisecond wait
-            # for a timer would return at once and spin (as selectors does).
-            timeout = math.ceil(timeout * 1e3) * 1e-3
-        return self._epoll.poll(timeout)
 
     def get_map(self) -> dict[int, Any]:
         return self._fds
@@ -124,9 +118,10 @@ class _SelectorsPoller:
     def unregister(self, fd: int) -> None:
         self._selector.unregister(fd)
 
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        """``timeout`` as epoll takes it: seconds, negative = forever."""
         return [(key.fd, (_IN if ev & _READ else 0) | (_OUT if ev & _WRITE else 0))
-                for key, ev in self._selector.select(timeout)]
+                for key, ev in self._selector.select(None if timeout < 0 else timeout)]
 
     def get_map(self) -> Any:
         return self._selector.get_map()
@@ -284,10 +279,9 @@ class Loop:
 
     # -- clock -----------------------------------------------------------
 
-    @staticmethod
-    def time() -> float:
-        """The loop's clock: :func:`time.monotonic`."""
-        return _time.monotonic()
+    # The loop's clock, :func:`time.monotonic` itself: no Python frame for
+    # the one or two clock reads of every turn.
+    time = staticmethod(_time.monotonic)
 
     # -- io --------------------------------------------------------------
 
@@ -398,14 +392,12 @@ class Loop:
             self._timers = live
             self._timers_cancelled = 0
 
-    def _next_timer_delay(self) -> float | None:
+    def _drop_cancelled_timers(self) -> None:
+        """Pop cancelled entries off the top of the heap (lazy deletion)."""
         heap = self._timers
         while heap and not heap[0][2].active:
             heapq.heappop(heap)[2]._queued = False
             self._timers_cancelled -= 1
-        if not heap:
-            return None
-        return max(0.0, heap[0][0] - self.time())
 
     def _run_timers(self) -> None:
         heap = self._timers
@@ -573,22 +565,31 @@ class Loop:
                 an fd is ready or a timer is due (forever if neither can
                 happen, as AnyEvent does).
         """
-        self._check_open()
+        if self._closed:
+            raise RuntimeError("the loop is closed")
         self.depth += 1
         try:
             # At one connection every message is a loop turn: skip the
-            # bookkeeping that has nothing to do (benchmarks/PROFILE.md, 10).
+            # bookkeeping that has nothing to do, and keep what is left inline
+            # (benchmarks/PROFILE.md, phases 2 and 4).
             ran = self._run_deferred() if self._deferred else False
-            if ran or self._deferred or self._stop_requested:
-                wait: float | None = 0.0
-            else:
+            poll_timeout = 0.0
+            if not (ran or self._deferred or self._stop_requested):
                 wait = timeout
-                delay = self._next_timer_delay()
-                if delay is not None and (wait is None or delay < wait):
-                    wait = delay
-                if wait is not None and wait < 0:
-                    wait = 0.0
-            ready = self._selector.poll(wait)
+                timers = self._timers
+                if timers and not timers[0][2].active:
+                    self._drop_cancelled_timers()
+                if timers:
+                    delay = timers[0][0] - self.time()
+                    if wait is None or delay < wait:
+                        wait = delay
+                if wait is None:
+                    poll_timeout = -1.0  # the poller's "forever"
+                elif wait > 0:
+                    # epoll counts milliseconds: round up, or a sub-millisecond
+                    # wait for a timer would return at once and spin.
+                    poll_timeout = math.ceil(wait * 1e3) * 1e-3
+            ready = self._selector.poll(poll_timeout)
             # The per-event path matters with many ready sockets: the
             # isolation of _call() is inlined here.
             io = self._io

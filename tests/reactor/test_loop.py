@@ -83,6 +83,20 @@ class TestTimers:
         loop.run_once(0.05)
         assert 0.04 <= time.monotonic() - start < 1.0
 
+    def test_wait_ignores_cancelled_timers_and_negative_timeouts(self, loop):
+        # run_once computes the poll timeout inline: a cancelled timer at the
+        # top of the heap must not cut the wait short, a live later one must
+        # bound it, and a negative timeout means "do not wait".
+        loop.timer(0.0, lambda: None).cancel()
+        loop.timer(0.05, lambda: None)
+        start = time.monotonic()
+        loop.run_once(5.0)
+        assert 0.04 <= time.monotonic() - start < 1.0
+        loop.timer(10.0, lambda: None)  # bounds the wait if this regresses
+        start = time.monotonic()
+        loop.run_once(-1.0)
+        assert time.monotonic() - start < 0.03
+
     def test_interval_repeats_until_cancelled(self, loop):
         times = []
 
