@@ -6,6 +6,7 @@ self-signed EC certificate for localhost, 127.0.0.1 and ::1.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -336,10 +337,13 @@ def test_websockets_client_against_evws_tls_server(loop, tls_echo, client_ctx):
     assert conn.close_code == 1000
 
 
-def test_evws_client_against_websockets_tls_server(loop, server_ctx, client_ctx):
+@contextlib.contextmanager
+def websockets_tls_echo(server_ctx, on_connect=lambda ws: None):
+    """A ``websockets`` sync echo server over TLS in a thread; yields its port."""
     sync_server = pytest.importorskip("websockets.sync.server")
 
     def handler(ws):
+        on_connect(ws)
         for message in ws:
             ws.send(message)
 
@@ -347,16 +351,20 @@ def test_evws_client_against_websockets_tls_server(loop, server_ctx, client_ctx)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            port = server.socket.getsockname()[1]
-            conn = evws.connect(f"wss://localhost:{port}/", loop=loop,
-                                ssl_context=client_ctx).recv(timeout=TIMEOUT)
-            assert round_trip(loop, conn, ["hi", b"\x01" * 200000]) == [b"hi", b"\x01" * 200000]
-            conn.close()
-            run_until(loop, lambda: conn.finished)
-            assert conn.close_code == 1000 and conn.close_error is None
+            yield server.socket.getsockname()[1]
         finally:
             server.shutdown()
             thread.join(TIMEOUT)
+
+
+def test_evws_client_against_websockets_tls_server(loop, server_ctx, client_ctx):
+    with websockets_tls_echo(server_ctx) as port:
+        conn = evws.connect(f"wss://localhost:{port}/", loop=loop,
+                            ssl_context=client_ctx).recv(timeout=TIMEOUT)
+        assert round_trip(loop, conn, ["hi", b"\x01" * 200000]) == [b"hi", b"\x01" * 200000]
+        conn.close()
+        run_until(loop, lambda: conn.finished)
+        assert conn.close_code == 1000 and conn.close_error is None
 
 
 def _has_ipv6() -> bool:
@@ -398,29 +406,19 @@ def test_wss_with_deflate_evws_both_ends(loop, tls_echo, client_ctx):
 
 
 def test_wss_with_deflate_against_websockets(loop, server_ctx, client_ctx):
-    sync_server = pytest.importorskip("websockets.sync.server")
     agreed: list = []
 
-    def handler(ws):
+    def on_connect(ws):
         agreed.append([type(e).__name__ for e in ws.protocol.extensions])
-        for message in ws:
-            ws.send(message)
 
-    with sync_server.serve(handler, "127.0.0.1", 0, ssl=server_ctx, max_size=None) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            port = server.socket.getsockname()[1]
-            conn = evws.connect(f"wss://127.0.0.1:{port}/", loop=loop,
-                                ssl_context=client_ctx).recv(timeout=TIMEOUT)
-            assert conn.protocol.deflate is not None
-            messages = ["squeeze " * 20000, b"\x00" * 500000]
-            assert round_trip(loop, conn, messages) == [messages[0].encode(), messages[1]]
-            run_until(loop, lambda: agreed)
-            assert agreed == [["PerMessageDeflate"]]
-            conn.close()
-            run_until(loop, lambda: conn.finished)
-            assert conn.close_code == 1000 and conn.close_error is None
-        finally:
-            server.shutdown()
-            thread.join(TIMEOUT)
+    with websockets_tls_echo(server_ctx, on_connect) as port:
+        conn = evws.connect(f"wss://127.0.0.1:{port}/", loop=loop,
+                            ssl_context=client_ctx).recv(timeout=TIMEOUT)
+        assert conn.protocol.deflate is not None
+        messages = ["squeeze " * 20000, b"\x00" * 500000]
+        assert round_trip(loop, conn, messages) == [messages[0].encode(), messages[1]]
+        run_until(loop, lambda: agreed)
+        assert agreed == [["PerMessageDeflate"]]
+        conn.close()
+        run_until(loop, lambda: conn.finished)
+        assert conn.close_code == 1000 and conn.close_error is None
