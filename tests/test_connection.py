@@ -93,6 +93,22 @@ class TestMessages:
         with pytest.raises(TypeError):
             conn.send(42)
 
+    def test_send_close_message_is_refused(self, loop, server):
+        conn, _, peer = open_connection(loop, server)
+
+        class Sub(evws.Message):
+            __slots__ = ()
+
+        class Text(str):
+            pass
+
+        for message in (evws.Message(b"\x03\xe8", 8), Sub(b"", 8)):
+            with pytest.raises(ValueError, match="Connection.close"):
+                conn.send(message)
+        conn.send(Sub(b"s", 2))
+        conn.send(Text("sub"))
+        assert peer.read_frames(2) == [(True, 2, b"s"), (True, 1, b"sub")]
+
     def test_large_write_does_not_block_the_loop(self, loop, server):
         conn, _, peer = open_connection(loop, server)
         payload = b"z" * (8 << 20)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 import select
 import selectors
 import signal as _signal
@@ -565,57 +564,9 @@ class Loop:
                 an fd is ready or a timer is due (forever if neither can
                 happen, as AnyEvent does).
         """
-        if self._closed:
-            raise RuntimeError("the loop is closed")
         self.depth += 1
         try:
-            # At one connection every message is a loop turn: skip the
-            # bookkeeping that has nothing to do, and keep what is left inline
-            # (benchmarks/PROFILE.md, phases 2 and 4).
-            ran = self._run_deferred() if self._deferred else False
-            poll_timeout = 0.0
-            if not (ran or self._deferred or self._stop_requested):
-                wait = timeout
-                timers = self._timers
-                if timers and not timers[0][2].active:
-                    self._drop_cancelled_timers()
-                if timers:
-                    delay = timers[0][0] - self.time()
-                    if wait is None or delay < wait:
-                        wait = delay
-                if wait is None:
-                    poll_timeout = -1.0  # the poller's "forever"
-                elif wait > 0:
-                    # epoll counts milliseconds: round up, or a sub-millisecond
-                    # wait for a timer would return at once and spin.
-                    poll_timeout = math.ceil(wait * 1e3) * 1e-3
-            ready = self._selector.poll(poll_timeout)
-            # The per-event path matters with many ready sockets: the
-            # isolation of _call() is inlined here.
-            io = self._io
-            for fd, events in ready:
-                pair = io.get(fd)
-                if pair is None:
-                    continue
-                if events & _NOT_OUT:
-                    w = pair[0]
-                    if w is not None and w.active:
-                        try:
-                            w.fn()
-                        except Exception:
-                            log.exception("exception in io callback %r", w.fn)
-                if events & _NOT_IN:
-                    w = pair[1]  # re-read: the reader may have cancelled it
-                    if w is not None and w.active:
-                        try:
-                            w.fn()
-                        except Exception:
-                            log.exception("exception in io callback %r", w.fn)
-            timers = self._timers
-            if timers and timers[0][0] <= self.time():
-                self._run_timers()
-            elif self._wakeup is not None and not self._signals:
-                self._stop_wakeup()
+            self._turn(timeout)
         finally:
             self.depth -= 1
 
@@ -626,11 +577,70 @@ class Loop:
         callback run by ``CondVar.recv()``) is kept: the next ``run()`` returns
         after one turn, like asyncio's ``stop()`` before ``run_forever()``.
         """
+        # ``depth`` is held for the whole run rather than per turn: at one
+        # connection every message is a turn (benchmarks/PROFILE.md, phase 5).
+        self.depth += 1
         try:
+            turn = self._turn
             while not self._stop_requested:
-                self.run_once()
+                turn(None)
         finally:
+            self.depth -= 1
             self._stop_requested = False
+
+    def _turn(self, timeout: float | None) -> None:
+        """One turn of :meth:`run_once` (the caller counts ``depth``)."""
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        # At one connection every message is a loop turn: skip the
+        # bookkeeping that has nothing to do, and keep what is left inline
+        # (benchmarks/PROFILE.md, phases 2, 4 and 5).
+        ran = self._run_deferred() if self._deferred else False
+        poll_timeout = 0.0
+        if not (ran or self._deferred or self._stop_requested):
+            wait = timeout
+            timers = self._timers
+            if timers:
+                if not timers[0][2].active:
+                    self._drop_cancelled_timers()
+                if timers:
+                    delay = timers[0][0] - self.time()
+                    if wait is None or delay < wait:
+                        wait = delay
+            if wait is None:
+                poll_timeout = -1.0  # the poller's "forever"
+            elif wait > 0:
+                # No rounding here: epoll.poll() and selectors round a
+                # sub-millisecond timeout *up*, so a timer is never polled
+                # for with a zero timeout (which would spin).
+                poll_timeout = wait
+        ready = self._selector.poll(poll_timeout)
+        # The per-event path matters with many ready sockets: the
+        # isolation of _call() is inlined here.
+        io = self._io
+        for fd, events in ready:
+            pair = io.get(fd)
+            if pair is None:
+                continue
+            if events & _NOT_OUT:
+                w = pair[0]
+                if w is not None and w.active:
+                    try:
+                        w.fn()
+                    except Exception:
+                        log.exception("exception in io callback %r", w.fn)
+            if events & _NOT_IN:
+                w = pair[1]  # re-read: the reader may have cancelled it
+                if w is not None and w.active:
+                    try:
+                        w.fn()
+                    except Exception:
+                        log.exception("exception in io callback %r", w.fn)
+        timers = self._timers
+        if timers and timers[0][0] <= self.time():
+            self._run_timers()
+        elif self._wakeup is not None and not self._signals:
+            self._stop_wakeup()
 
     def stop(self) -> None:
         """Make the innermost :meth:`run` return once the current turn ends."""

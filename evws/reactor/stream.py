@@ -252,8 +252,13 @@ class Stream:
 
     # -- writing ---------------------------------------------------------
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Send ``data``, queueing what the kernel does not take now.
+
+        Returns:
+            :attr:`buffered_amount` after the call (0 when the kernel took
+            everything): what a producer checks for flow control, without
+            asking again.
 
         Raises:
             BrokenPipeError: after ``close()``, ``abort()`` or
@@ -270,10 +275,10 @@ class Stream:
             data = view
         size = len(data)
         if not size:
-            return
+            return self._buffered
         if self._queue:
             self._enqueue(data if type(data) is memoryview else memoryview(data))
-            return
+            return self._buffered
         # The common case: nothing queued, hand ``data`` to the kernel as it is
         # (no view made unless some of it must wait).
         try:
@@ -282,12 +287,13 @@ class Stream:
             sent = 0
         except OSError as exc:
             self._teardown(exc, defer=True)
-            return
+            return self._buffered
         if sent < size:
             self._enqueue(memoryview(data)[sent:])
+        return self._buffered
 
-    def writev(self, chunks: list[bytes]) -> None:
-        """Write ``chunks`` back to back, with one ``sendmsg`` when possible.
+    def writev(self, chunks: list[bytes]) -> int:
+        """Write ``chunks`` back to back, with one ``sendmsg`` when possible; return as :meth:`write`.
 
         Why: a frame header and a large payload are separate chunks (the
         payload is never copied into a joined buffer), and two ``send`` calls
@@ -303,7 +309,7 @@ class Stream:
                 or len(chunks) > _IOV_MAX):
             for chunk in chunks:
                 self.write(chunk)
-            return
+            return self._buffered
         if self._closing or self._shut_pending or self._write_shut:
             raise BrokenPipeError(errno.EPIPE, "stream is closed for writing")
         try:
@@ -312,7 +318,7 @@ class Stream:
             sent = 0
         except OSError as exc:
             self._teardown(exc, defer=True)
-            return
+            return self._buffered
         for chunk in chunks:
             size = len(chunk)
             if sent >= size:
@@ -320,6 +326,7 @@ class Stream:
                 continue
             self._enqueue(memoryview(chunk)[sent:])
             sent = 0
+        return self._buffered
 
     def _enqueue(self, view: memoryview) -> None:
         # A view of a mutable buffer would see the caller's later changes

@@ -289,6 +289,45 @@ class TestRunStop:
         assert seen == [1, 2]
         assert loop.depth == 0
 
+    def test_run_holds_depth_one_for_its_callbacks(self, loop):
+        seen = []
+
+        def record():
+            seen.append(loop.depth)
+            if len(seen) == 3:
+                loop.stop()
+            else:
+                loop.call_soon(record)
+
+        loop.call_soon(record)
+        loop.run()
+        assert seen == [1, 1, 1]
+        assert loop.depth == 0
+
+    def test_run_restores_depth_when_interrupted(self, loop):
+        def interrupt():
+            raise KeyboardInterrupt
+
+        loop.call_soon(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run()
+        assert loop.depth == 0
+        loop.call_soon(loop.stop)
+        loop.run()  # the interrupted run left no stop request or depth behind
+        assert loop.depth == 0
+
+    def test_sub_millisecond_timer_waits_instead_of_spinning(self, loop):
+        """The poll timeout is not rounded down to 0 (which would busy-loop)."""
+        fired = []
+        start = time.monotonic()
+        loop.timer(0.0003, lambda: fired.append(time.monotonic() - start))
+        turns = 0
+        while not fired and turns < 1000:
+            loop.run_once()
+            turns += 1
+        assert fired and fired[0] >= 0.0003
+        assert turns <= 3
+
     def test_closed_loop_refuses_work(self):
         lp = Loop()
         lp.close()

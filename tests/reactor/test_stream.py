@@ -186,13 +186,14 @@ class TestWriting:
     def test_buffered_amount_tracks_what_the_kernel_did_not_take(self, loop, pair):
         a, b = pair
         s = Stream(a, loop)
-        s.write(b"x" * 10)
-        assert s.buffered_amount == 0  # went straight out
+        assert s.write(b"x" * 10) == 0  # went straight out: write returns what is queued
+        assert s.buffered_amount == 0
         big = b"y" * (4 * 1024 * 1024)
-        s.write(big)
-        queued = s.buffered_amount
+        queued = s.write(big)
+        assert queued == s.buffered_amount
         assert 0 < queued < len(big)
-        s.write(b"z" * 5)
+        assert s.write(b"z" * 5) == queued + 5
+        assert s.write(b"") == queued + 5
         assert s.buffered_amount == queued + 5
         reader = SlowReader(loop, b)
         run_until(loop, lambda: len(reader.data) == 10 + len(big) + 5)
@@ -295,10 +296,11 @@ class TestWritev:
         rec = Recorder(s)
         chunks = [b"head", counting_bytes(1024 * 1024), b"", b"tail" * 10, counting_bytes(1000)]
         total = sum(map(len, chunks))
-        s.writev(chunks)  # 4 MiB + a bit: more than a socketpair buffer takes
-        assert 0 < s.buffered_amount < total
+        queued = s.writev(chunks)  # 4 MiB + a bit: more than a socketpair buffer takes
+        assert queued == s.buffered_amount
+        assert 0 < queued < total
         assert ours.sendmsgs == 1
-        s.writev([b"after", b"wards"])  # queued behind the rest, not gathered
+        assert s.writev([b"after", b"wards"]) == queued + 10  # queued behind the rest, not gathered
         assert ours.sendmsgs == 1
         reader = SlowReader(loop, theirs)
         run_until(loop, lambda: len(reader.data) >= total + 10, timeout=10)
