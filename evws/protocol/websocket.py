@@ -71,7 +71,7 @@ from .events import (
     PingReceived,
     PongReceived,
 )
-from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header
+from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header, simple_frame
 from .mask import apply_mask, unmask_into
 from .utf8 import IncrementalUtf8, Utf8Validator, check_utf8
 
@@ -373,27 +373,16 @@ class WebSocketProtocol:
                     return pos, True
                 continue
 
-            b0 = data[pos]
-            if (b0 == 0x82 or b0 == 0x81) and self._fast_in and not self._msg_opcode:
-                # Inline fast path: FIN + TEXT/BINARY, no RSV bit, masked, a
-                # 7- or 16-bit length, the whole frame in the input. Anything
-                # else (or a frame over the size limit) takes the general path.
-                b1 = data[pos + 1] if pos + 1 < end else 0
-                if 0x80 <= b1 < 0xFE:
-                    start = pos + 6
-                    stop = start + b1 - 0x80
-                elif b1 == 0xFE and pos + 4 <= end:
-                    start = pos + 8
-                    stop = start + (data[pos + 2] << 8 | data[pos + 3])
-                else:
-                    stop = end + 1
-                limit = self.max_payload_size
-                if stop <= end and (limit is None or stop - start <= limit):
-                    payload = apply_mask(data[start:stop], data[start - 4:start])
-                    if b0 == 0x81:
+            if self._fast_in and not self._msg_opcode:
+                # The short cut (frames.simple_frame): a whole final masked
+                # TEXT/BINARY frame of at most 64 KiB within the size limit.
+                # Anything else, or anything wrong, takes the general path.
+                frame = simple_frame(data, pos, self.max_payload_size)
+                if frame is not None:
+                    opcode, payload, pos = frame
+                    if opcode == _TEXT:
                         check_utf8(payload)
-                    events.append(_new_event(MessageReceived, (b0 & 0x0F, payload)))
-                    pos = stop
+                    events.append(_new_event(MessageReceived, (opcode, payload)))
                     if pos < end:
                         return pos, True
                     continue
