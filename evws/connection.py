@@ -327,7 +327,12 @@ class Connection(EventEmitter):
                 self._flush()
             if not events:
                 return
-            self._dispatch(events)
+            for event in events:
+                # Messages first, without a call through _handle_event.
+                if type(event) is MessageReceived:
+                    self._deliver(event)
+                else:
+                    self._handle_event(event)
             if self._read_paused and not protocol._input_closed:
                 return
 
@@ -339,7 +344,8 @@ class Connection(EventEmitter):
             self.protocol.receive_eof()
             self.protocol.data_to_send()  # nowhere to send it any more
             while events := self.protocol.events_received():
-                self._dispatch(events)
+                for event in events:
+                    self._handle_event(event)
         self._finish()
 
     # -- protocol output ---------------------------------------------------
@@ -456,34 +462,34 @@ class Connection(EventEmitter):
             self._close_timer.cancel()
             self._close_timer = None
 
-    def _dispatch(self, events: list[Any]) -> None:
-        for event in events:
-            kind = type(event)
-            if kind is MessageReceived:
-                message = _new_message(Message)
-                message.opcode, message.body = event
-                self._deliver(message)
-            elif kind is CloseReceived:
-                self.is_read_open = False
-                if self.protocol.close_sent is not None:
-                    self.is_write_open = False
-            elif kind is ConnectionFailed:
-                self.is_read_open = self.is_write_open = False
-                self.close_error = event.error
-                self._emit_safely("parse_error", self, str(event.error))
-            elif kind is PongReceived:
-                self._on_pong(event.payload)
-            elif kind is ConnectionLost:
-                self._finish()
-            # PingReceived: the protocol already answered it.
+    def _handle_event(self, event: Any) -> None:
+        """Act on one protocol event (``_process`` delivers messages itself)."""
+        kind = type(event)
+        if kind is MessageReceived:
+            self._deliver(event)
+        elif kind is CloseReceived:
+            self.is_read_open = False
+            if self.protocol.close_sent is not None:
+                self.is_write_open = False
+        elif kind is ConnectionFailed:
+            self.is_read_open = self.is_write_open = False
+            self.close_error = event.error
+            self._emit_safely("parse_error", self, str(event.error))
+        elif kind is PongReceived:
+            self._on_pong(event.payload)
+        elif kind is ConnectionLost:
+            self._finish()
+        # PingReceived: the protocol already answered it.
 
-    def _deliver(self, message: Message) -> None:
-        """Run next_message then each_message listeners, directly.
+    def _deliver(self, event: MessageReceived) -> None:
+        """Run next_message then each_message listeners with the message, directly.
 
         pyee's ``emit`` takes a lock per call; on the per-message path we call
         the registered handlers ourselves, in registration order. A handler
         that raises fails only this connection, with 1011.
         """
+        message = _new_message(Message)
+        message.opcode, message.body = event
         events: dict[str, MutableMapping[Listener, Listener]] = self._events  # type: ignore[assignment]
         once = events.pop("next_message", None) if "next_message" in events else None
         every = events.get("each_message")
