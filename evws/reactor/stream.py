@@ -204,6 +204,11 @@ class Stream:
         except OSError as exc:
             self._teardown(exc)
             return
+        if data and not self._tls:
+            # The common case first: bytes from a plain socket.
+            if not self._closing and self.on_data is not None:
+                self.on_data(data)
+            return
         eof = not data
         error: OSError | None = None
         if self._tls and data:
