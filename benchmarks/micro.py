@@ -12,6 +12,10 @@ alone, stable even on a noisy machine:
 * ``echo path``: a ``Connection`` over a stub stream (``write`` just keeps the
   bytes) receives a masked frame and the example's handler echoes it -- the
   whole per-message path except the syscalls and the loop's ``select``;
+* ``server turn``: one ``Loop.run_once`` that finds the connection's socket
+  readable, reads a frame through the real ``Stream`` and echoes it -- the
+  echo path plus the loop and stream, with a stub socket (``recv`` returns the
+  frame, ``send`` takes everything) and a stub poll (always "readable");
 * ``protocol only``: ``WebSocketProtocol.receive_data`` + ``events_received``;
 * ``apply_mask`` / ``Utf8Validator`` for both implementations (pure Python,
   and C when ``evws._speedups`` is built).
@@ -57,11 +61,13 @@ class StubStream:
         self.on_data = self.on_eof = self.on_close = self.on_drain = None
         self.written = 0
 
-    def write(self, data) -> None:  # type: ignore[no-untyped-def]
+    def write(self, data) -> int:  # type: ignore[no-untyped-def]
         self.written += len(data)
+        return 0  # nothing left queued, as Stream.write reports it
 
-    def writev(self, chunks) -> None:  # type: ignore[no-untyped-def]
+    def writev(self, chunks) -> int:  # type: ignore[no-untyped-def]
         self.written += sum(map(len, chunks))
+        return 0
 
     def start_reading(self) -> None:
         pass
@@ -88,6 +94,46 @@ def echo_connection() -> tuple[Connection, StubStream]:
     return conn, stream
 
 
+class StubSocket:
+    """Stands in for the connection's socket: every ``recv`` returns ``frame``.
+
+    ``recv``/``send`` are C callables (``dict.get``, ``len``) so that the stub
+    adds no Python frame to what is measured. ``fileno`` is a real socket's,
+    because the loop registers it with epoll.
+    """
+
+    def __init__(self, frame: bytes, real) -> None:  # type: ignore[no-untyped-def]
+        self._real = real
+        self.recv = {65536: frame}.get  # Stream reads read_size = 65536 bytes
+        self.send = len
+
+    def fileno(self) -> int:
+        return self._real.fileno()  # type: ignore[no-any-return]
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+
+def server_turn(frame: bytes):  # type: ignore[no-untyped-def]
+    """A loop whose one connection always has ``frame`` to read; returns its run_once."""
+    import select
+    import socket
+
+    from evws.reactor.stream import Stream
+
+    real, _other = socket.socketpair()
+    loop = evws.Loop()
+    stream = Stream(StubSocket(frame, real), loop)  # type: ignore[arg-type]
+    conn = Connection(stream, WebSocketProtocol(Side.SERVER, max_payload_size=None), loop=loop,
+                      ping_interval=None)
+    conn.on("each_message", lambda connection, message: connection.send(message))
+    conn._start()
+    ready = [(real.fileno(), select.EPOLLIN)]
+    loop._selector.poll = lambda timeout: ready  # type: ignore[method-assign]
+    server_turn.keep = (real, _other)  # type: ignore[attr-defined]
+    return lambda: loop.run_once(0)
+
+
 def per_call(fn, number: int) -> float:  # type: ignore[no-untyped-def]
     """Best of 5 runs, microseconds per call."""
     return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
@@ -111,6 +157,12 @@ def main() -> None:
             conn, _ = echo_connection()
             cells.append(per_call(lambda conn=conn, data=data: conn._on_data(data), 20000 if size < 100000 else 50))
         rows.append((f"echo path, {label} (us/message)", cells))
+        cells = []
+        for size in sizes:
+            payload = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+            cells.append(per_call(server_turn(masked_frame(opcode, payload)),
+                                  20000 if size < 100000 else 50))
+        rows.append((f"server turn, {label} (us/message)", cells))
         cells = []
         for size in sizes:
             payload = (b"0123456789abcdef" * (size // 16 + 1))[:size]

@@ -311,28 +311,16 @@ class WebSocketProtocol:
             data = bytes(data)
         # _consume(data, 0), inline: this is the per-message path.
         try:
-            pos, paused = self._parse(data, 0)
+            self._parse(data, 0)
         except ProtocolError as exc:
             self._fail(exc.close_code, _clip_reason(str(exc)), exc)
-            return
-        if pos < len(data) and not self._input_closed:
-            if paused:
-                self._rest, self._rest_pos = data, pos
-            else:
-                self._buf = data[pos:]
 
     def _consume(self, data: bytes, pos: int) -> None:
-        """Parse ``data`` from ``pos``; keep what is left for later."""
+        """Parse ``data`` from ``pos`` (``_parse`` keeps what is left for later)."""
         try:
-            pos, paused = self._parse(data, pos)
+            self._parse(data, pos)
         except ProtocolError as exc:
             self._fail(exc.close_code, _clip_reason(str(exc)), exc)
-            return
-        if pos < len(data) and not self._input_closed:
-            if paused:
-                self._rest, self._rest_pos = data, pos
-            else:
-                self._buf = data[pos:]
 
     def receive_eof(self) -> None:
         """The peer closed its side of TCP (or the I/O layer gave up on it).
@@ -357,11 +345,13 @@ class WebSocketProtocol:
         self._end_tcp()
         self._finish()
 
-    def _parse(self, data: bytes, pos: int) -> tuple[int, bool]:
+    def _parse(self, data: bytes, pos: int) -> None:
         """Consume frames from ``data[pos:]``.
 
-        Returns how far it got, and whether it paused after a complete data
-        message with input left over (rather than for lack of input).
+        What is not parsed is kept: after a complete data message (or a
+        Ping) with input left over, the whole input and where to resume
+        (``_rest``, ``_rest_pos``: no copy); otherwise the incomplete header
+        or control frame at the end (``_buf``).
         """
         end = len(data)
         events = self._events
@@ -370,7 +360,8 @@ class WebSocketProtocol:
                 # The rest (or more) of a data frame's payload.
                 pos = self._frame_data(data, pos, end)
                 if not self._frame_left and self._frame_fin and pos < end:
-                    return pos, True
+                    self._rest, self._rest_pos = data, pos
+                    return
                 continue
 
             if self._fast_in and not self._msg_opcode:
@@ -384,7 +375,8 @@ class WebSocketProtocol:
                         check_utf8(payload)
                     events.append(_new_event(MessageReceived, (opcode, payload)))
                     if pos < end:
-                        return pos, True
+                        self._rest, self._rest_pos = data, pos
+                        return
                     continue
 
             header = parse_header(data, pos, self.allowed_rsv_bits)
@@ -414,11 +406,12 @@ class WebSocketProtocol:
                 pos = stop
                 self._control(opcode, payload)
                 if self._input_closed:
-                    return end, False
+                    return
                 if opcode == _PING and pos < end:
                     # Its Pong is output, like an echo's answer: pausing here
                     # lets the I/O layer's flow control bound a Ping flood.
-                    return pos, True
+                    self._rest, self._rest_pos = data, pos
+                    return
                 continue
 
             # Data frame. 5.4: a continuation needs a message in progress, and
@@ -453,7 +446,8 @@ class WebSocketProtocol:
                 events.append(_new_event(MessageReceived, (opcode, payload)))
                 pos = stop
                 if pos < end:
-                    return pos, True
+                    self._rest, self._rest_pos = data, pos
+                    return
                 continue
 
             if self._debug:
@@ -474,8 +468,10 @@ class WebSocketProtocol:
             if not length:
                 self._frame_data(data, pos, pos)  # an empty frame may end the message
                 if fin and pos < end:
-                    return pos, True
-        return pos, False
+                    self._rest, self._rest_pos = data, pos
+                    return
+        if pos < end and not self._input_closed:
+            self._buf = data[pos:]
 
     def _compressed(self, opcode: int, rsv: int) -> int:
         """Check the RSV bits of a frame; tell whether it starts a compressed message.
