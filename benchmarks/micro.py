@@ -107,6 +107,9 @@ class StubSocket:
         self.recv = {65536: frame}.get  # Stream reads read_size = 65536 bytes
         self.send = len
 
+    def sendmsg(self, buffers) -> int:  # type: ignore[no-untyped-def]
+        return sum(map(len, buffers))  # header + payload of a large frame, taken whole
+
     def fileno(self) -> int:
         return self._real.fileno()  # type: ignore[no-any-return]
 
@@ -131,7 +134,12 @@ def server_turn(frame: bytes):  # type: ignore[no-untyped-def]
     ready = [(real.fileno(), select.EPOLLIN)]
     loop._selector.poll = lambda timeout: ready  # type: ignore[method-assign]
     server_turn.keep = (real, _other)  # type: ignore[attr-defined]
-    return lambda: loop.run_once(0)
+
+    def turn() -> None:
+        loop.run_once(0)
+        if conn.finished:  # a broken stub would time nothing at all
+            raise RuntimeError(f"the connection ended: {conn.close_error!r}")
+    return turn
 
 
 def per_call(fn, number: int) -> float:  # type: ignore[no-untyped-def]
