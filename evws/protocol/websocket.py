@@ -309,11 +309,7 @@ class WebSocketProtocol:
             self._buf = b""
         elif type(data) is not bytes:
             data = bytes(data)
-        # _consume(data, 0), inline: this is the per-message path.
-        try:
-            self._parse(data, 0)
-        except ProtocolError as exc:
-            self._fail(exc.close_code, _clip_reason(str(exc)), exc)
+        self._consume(data, 0)
 
     def _consume(self, data: bytes, pos: int) -> None:
         """Parse ``data`` from ``pos`` (``_parse`` keeps what is left for later)."""
