@@ -35,6 +35,7 @@ from typing import Callable
 
 from ..errors import ProtocolError
 from .mask import apply_mask
+from .speedups import c_function
 
 __all__ = [
     "Opcode",
@@ -247,15 +248,5 @@ def _py_simple_frame(data: bytes, pos: int, limit: int | None) -> tuple[int, byt
     return b0 & 0x0F, apply_mask(data[start:stop], data[start - 4:start]), stop
 
 
-def _load_simple_frame() -> Callable[[bytes, int, int | None], tuple[int, bytes, int] | None]:
-    """The C ``simple_frame`` when built and not switched off (``EVWS_NO_SPEEDUPS``)."""
-    if os.environ.get("EVWS_NO_SPEEDUPS"):
-        return _py_simple_frame
-    try:
-        from .._speedups import simple_frame as c_simple_frame
-    except ImportError:  # no extension, or one built from an older _speedups.c
-        return _py_simple_frame
-    return c_simple_frame  # type: ignore[no-any-return]
-
-
-simple_frame = _load_simple_frame()
+simple_frame: Callable[[bytes, int, int | None], tuple[int, bytes, int] | None] = (
+    c_function("simple_frame") or _py_simple_frame)

@@ -24,8 +24,7 @@ environment forces the pure-Python path (the tests run both).
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from .speedups import c_function
 
 __all__ = ["apply_mask", "unmask_into", "ACCELERATED"]
 
@@ -92,22 +91,11 @@ def _py_unmask_into(
     out[out_pos:out_pos + n] = _py_apply_mask(data[start:stop], key)
 
 
-def _load_speedups() -> tuple[Any, Any, Any]:
-    """The C ``(apply_mask, unmask_into, new_payload)``, or Nones when unavailable or off."""
-    if os.environ.get("EVWS_NO_SPEEDUPS"):
-        return None, None, None
-    try:
-        from .. import _speedups
-    except ImportError:
-        return None, None, None
-    # An extension built from an older _speedups.c may lack the newer functions.
-    into = getattr(_speedups, "unmask_into", None)
-    return (getattr(_speedups, "apply_mask", None), into,
-            getattr(_speedups, "new_payload", None) if into is not None else None)
-
-
 #: The C implementations when available (same contracts), else None.
-_c_apply_mask, _c_unmask_into, _c_new_payload = _load_speedups()
+_c_apply_mask = c_function("apply_mask")
+_c_unmask_into = c_function("unmask_into")
+# new_payload is only of use to unmask_into, which fills it.
+_c_new_payload = c_function("new_payload") if _c_unmask_into is not None else None
 
 #: C only: ``new_payload(n)`` is an uninitialised ``bytes`` of ``n`` bytes that
 #: ``unmask_into`` may fill (see _speedups.c); None on the pure-Python path,

@@ -23,10 +23,10 @@ one is in use; ``EVWS_NO_SPEEDUPS=1`` forces pure Python.
 from __future__ import annotations
 
 import codecs
-import os
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..errors import InvalidUTF8
+from .speedups import c_function
 
 __all__ = ["Utf8Validator", "validate_utf8", "check_utf8", "ACCELERATED"]
 
@@ -111,18 +111,7 @@ def _c_check_utf8(data: bytes | bytearray | memoryview) -> None:
         raise InvalidUTF8(f"invalid UTF-8: {reason}")
 
 
-def _load_speedups() -> Any:
-    """The C ``utf8_feed``, or None when it is unavailable or switched off."""
-    if os.environ.get("EVWS_NO_SPEEDUPS"):
-        return None
-    try:
-        from .._speedups import utf8_feed
-    except ImportError:
-        return None
-    return utf8_feed
-
-
-_c_utf8_feed = _load_speedups()
+_c_utf8_feed = c_function("utf8_feed")  # None: pure Python (see speedups.py)
 
 #: True when ``Utf8Validator`` and ``check_utf8`` run in C, False for pure Python.
 ACCELERATED: bool = _c_utf8_feed is not None
