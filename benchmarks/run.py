@@ -21,6 +21,9 @@ Every cell (workload x server) gets a freshly started server on a fresh port,
 and for each workload all servers run back to back, so slow drift in machine
 load hits them alike. Compare ratios, and server CPU microseconds per round
 trip (the steadiest figure on a noisy machine), rather than absolute rates.
+With ``-r N`` a last table gives, per workload, the spread of the ratio from
+round to round: a difference smaller than that spread is noise. ``--pin``
+puts the servers on one CPU and the load generator on another.
 
 Bounds: a server gets 20 s to listen, a load run warm-up + duration + 40 s
 (idle mode 90 s); servers are stopped with SIGTERM, then SIGKILL after 3 s.
@@ -121,7 +124,8 @@ def port_open(port: int) -> bool:
 class Server:
     """One server process in its own process group, with a bounded start and stop."""
 
-    def __init__(self, name: str, argv: list[str], log) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, name: str, argv: list[str], log,  # type: ignore[no-untyped-def]
+                 cpus: set[int] | None = None) -> None:
         self.name = name
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -132,7 +136,7 @@ class Server:
         log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, preexec_fn=_pinned(cpus))
         deadline = time.monotonic() + 20
         while not port_open(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -150,9 +154,17 @@ class Server:
                 self.proc.wait(3)
 
 
-def run_load(argv: list[str], timeout: float) -> dict:
+def _pinned(cpus: set[int] | None):  # type: ignore[no-untyped-def]
+    """A preexec_fn that pins the child to ``cpus`` before it execs (so do all its threads)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def run_load(argv: list[str], timeout: float, cpus: set[int] | None = None) -> dict:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                             preexec_fn=_pinned(cpus))
     except subprocess.TimeoutExpired:
         return {"error": "load generator timed out"}
     try:
@@ -172,6 +184,9 @@ def main() -> None:
     ap.add_argument("-r", "--rounds", type=int, default=1, help="repeat and report medians (default 1)")
     ap.add_argument("-t", "--text", action="store_true", help="text messages instead of binary")
     ap.add_argument("--generator", choices=("wsbench", "wsload"), default="wsbench")
+    ap.add_argument("--pin", action="store_true",
+                    help="run each server on the first CPU and the load generator on the second "
+                         "(needs two CPUs): they no longer compete for one core")
     ap.add_argument("--json", help="also write the raw results to this file")
     a = ap.parse_args()
 
@@ -181,6 +196,12 @@ def main() -> None:
         if name not in available:
             ap.error(f"unknown or unavailable server {name!r} (available: {', '.join(available)})")
     gen = build_generator(a.generator)
+    server_cpus = load_cpus = None
+    if a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--pin needs at least two CPUs")
+        server_cpus, load_cpus = {cpus[0]}, {cpus[1]}
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the servers inherit it
     if a.idle and hard < a.idle + 100:
@@ -198,7 +219,7 @@ def main() -> None:
                 key = f"{c} x {fmt_size(s)}" if kind == "rt" else f"{c} idle"
                 for name in names:
                     try:
-                        server = Server(name, available[name], log)
+                        server = Server(name, available[name], log, server_cpus)
                     except RuntimeError as exc:
                         results.setdefault((name, key), []).append({"error": str(exc)})
                         print(f"  {name}: {exc} (see {log_path})", file=sys.stderr)
@@ -208,11 +229,12 @@ def main() -> None:
                         if kind == "rt":
                             argv = [gen, "-p", str(server.port), "-c", str(c), "-s", str(s),
                                     "-d", str(a.duration), "-w", str(a.warmup), "-P", pid]
-                            r = run_load(argv + (["-t"] if a.text else []), a.warmup + a.duration + 40)
+                            r = run_load(argv + (["-t"] if a.text else []), a.warmup + a.duration + 40,
+                                         load_cpus)
                         else:
                             mode = ["-m", "idle"] if a.generator == "wsbench" else ["-m", "conns"]
                             r = run_load([gen, "-p", str(server.port), *mode, "-n", str(c), "-P", pid,
-                                          "-T", "60"], 90)
+                                          "-T", "60"], 90, load_cpus)
                     finally:
                         server.stop()
                     results.setdefault((name, key), []).append(r)
@@ -276,7 +298,32 @@ def _tables(names: list[str], work: list, results: dict, a: argparse.Namespace) 
             rate, cpu = _median(runs, "rt_per_s"), _median(runs, "server_cpu")
             row.append(f"{cpu / rate * 1e6:.1f}" if rate and cpu is not None else "-")
         out.append("| " + " | ".join(row) + " |")
+    if a.rounds > 1 and len(names) > 1:
+        out += [f"\nper round: {base} / server within each round (servers run back to back): "
+                f"median [lowest - highest], rounds where {base} was faster\n",
+                "| workload | " + " | ".join(names[1:]) + " |", "|---" * len(names) + "|"]
+        for kind, c, s in work:
+            if kind != "rt":
+                continue
+            key = f"{c} x {fmt_size(s)}"
+            row = [key]
+            for name in names[1:]:
+                ratios = _round_ratios(results.get((base, key), []), results.get((name, key), []))
+                row.append(f"{statistics.median(ratios):.2f}x [{min(ratios):.2f} - {max(ratios):.2f}], "
+                           f"{sum(r > 1 for r in ratios)}/{len(ratios)}" if ratios else "-")
+            out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
+
+
+def _round_ratios(base_runs: list[dict], runs: list[dict]) -> list[float]:
+    """base / server rate for each round in which both ran without error.
+
+    The servers of one round ran seconds apart, so these ratios show how
+    much of a difference the machine's own drift can make between rounds.
+    """
+    pairs = zip(base_runs, runs)
+    return [b["rt_per_s"] / r["rt_per_s"] for b, r in pairs
+            if b.get("rt_per_s", 0) > 0 and r.get("rt_per_s", 0) > 0]
 
 
 if __name__ == "__main__":
