@@ -31,7 +31,7 @@ KEYS = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x02\x03\x04", b"\x37\xf
 @pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize(
     "size",
-    [0, 1, 2, 3, 4, 5, 7, 125, 126, 4095, 4096, 4097,
+    [0, 1, 2, 3, 4, 5, 7, 15, 16, 17, 63, 64, 65, 125, 126, 4095, 4096, 4097,
      mask._TRANSLATE_THRESHOLD - 1, mask._TRANSLATE_THRESHOLD,
      mask._TRANSLATE_THRESHOLD + 3, 70001],
 )
@@ -143,3 +143,20 @@ def test_new_payload_is_filled_by_unmask_into_piece_by_piece():
     assert pos == len(data) and out == naive(data, key)
     with pytest.raises(ValueError):
         mask.new_payload(-1)
+
+
+@pytest.mark.parametrize("unmask_into", INTO)
+@pytest.mark.parametrize("key_pos", [0, 1, 2, 3])
+def test_unmask_into_every_length_across_the_block_sizes(unmask_into, key_pos):
+    # The C loop works eight bytes at a time, then byte by byte; the Python
+    # one switches forms with the size: every length up to 200 from every
+    # start offset mod 16 crosses each of those boundaries, aligned and not.
+    data = os.urandom(300)
+    key = b"\x9c\x01\xe5\x42"
+    rotated = key[key_pos:] + key[:key_pos]
+    for start in range(16):
+        for n in range(201):
+            out = bytearray(n + 2)
+            unmask_into(out, 1, data, start, start + n, key, key_pos)
+            assert bytes(out[1:1 + n]) == naive(data[start:start + n], rotated), (start, n)
+            assert out[0] == 0 and out[-1] == 0
