@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the evws echo server against its peers, side by side, in one run.
 
-    python3 benchmarks/run.py                 # the default matrix, ~2 min
+    python3 benchmarks/run.py                 # the default matrix, ~1 min
+    python3 benchmarks/run.py --pin -r 7      # the README's table: 7 rounds, per-round ratios
     python3 benchmarks/run.py -d 2 -n 1000    # quicker
     python3 benchmarks/run.py --servers evws,websockets -m 50x16,4x1M -n 0
 
