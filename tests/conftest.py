@@ -7,6 +7,7 @@ what they wait for arrived or ``timeout`` passed, then fail the test.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -136,6 +137,12 @@ def open_connection(loop: evws.Loop, server: evws.Server, request: bytes = wire.
     head = peer.read_response_head()
     assert head.startswith(b"HTTP/1.1 101 "), head
     return values[0], values[1:], peer
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends a real RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import evws
 from evws.client import parse_url
 from tests import wire
-from tests.conftest import TIMEOUT, Peer, run_until
+from tests.conftest import TIMEOUT, Peer, reset, run_until
 from tests.servers import ROOT, example_server
 
 # -- helpers --------------------------------------------------------------------
@@ -402,8 +402,7 @@ def test_server_closing_mid_handshake(loop, raw):
 
 def test_server_resetting_mid_handshake(loop, raw):
     cv, peer, _, _ = raw_connect(loop, raw)
-    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    peer.sock.close()  # RST
+    reset(peer.sock)
     with pytest.raises((ConnectionResetError, evws.HandshakeError)):
         cv.recv(timeout=TIMEOUT)
 

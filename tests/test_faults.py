@@ -23,18 +23,12 @@ import pytest
 import evws
 from evws.reactor.tcp import TcpServer
 from tests import wire
-from tests.conftest import TIMEOUT, Peer, open_connection, run_until
+from tests.conftest import TIMEOUT, Peer, open_connection, reset, run_until
 from tests.servers import ROOT
 
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def rst(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0: the kernel sends a real RST."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def watch(conn):
@@ -101,7 +95,7 @@ class TestResets:
         peer.send(frame[:500])  # half a frame ...
         loop.run_once(0.01)
         with caplog.at_level(logging.ERROR):
-            rst(peer.sock)  # ... then a reset
+            reset(peer.sock)  # ... then a reset
             run_until(loop, lambda: seen)
         assert seen == [1006]
         assert isinstance(conn.close_error, ConnectionResetError)
@@ -117,7 +111,7 @@ class TestResets:
         peer.pump(lambda: len(peer.buffer) > 10000)  # read a little of it
         assert conn.stream.buffered_amount > 0
         with caplog.at_level(logging.ERROR):
-            rst(peer.sock)
+            reset(peer.sock)
             run_until(loop, lambda: seen)
         assert seen == [1006]
         assert isinstance(conn.close_error, (ConnectionResetError, BrokenPipeError))

@@ -15,7 +15,7 @@ import pytest
 import evws
 from evws.connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT
 from tests import wire
-from tests.conftest import TIMEOUT, open_connection, run_until
+from tests.conftest import TIMEOUT, open_connection, reset, run_until
 
 
 def finished_log(conn):
@@ -152,8 +152,7 @@ def test_every_teardown_path_cancels_the_timers(loop, how):
     elif how == "eof":
         peer.sock.shutdown(socket.SHUT_WR)
     elif how == "rst":
-        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        peer.sock.close()
+        reset(peer.sock)
     else:
         def boom(c, m):
             raise ValueError("boom")

@@ -12,7 +12,7 @@ import pytest
 
 from evws.reactor.loop import Loop
 from evws.reactor.stream import Stream
-from tests.conftest import TIMEOUT, run_until
+from tests.conftest import TIMEOUT, reset, run_until
 
 
 def counting_bytes(n_words: int) -> bytes:
@@ -154,9 +154,7 @@ class TestReading:
         s = Stream(ours, loop)
         rec = Recorder(s)
         s.start_reading()
-        # SO_LINGER with a zero timeout turns close() into an RST.
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        theirs.close()
+        reset(theirs)
         run_until(loop, lambda: rec.closes)
         for _ in range(3):
             loop.run_once(0)
@@ -236,8 +234,7 @@ class TestWriting:
         ours, theirs = tcp_pair
         s = Stream(ours, loop)
         rec = Recorder(s)
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        theirs.close()
+        reset(theirs)
         assert select.select([ours], [], [], TIMEOUT)[0]  # the RST arrived
         s.write(b"into the void")
         assert s.closed
@@ -318,8 +315,7 @@ class TestWritev:
         ours, theirs = tcp_pair
         s = Stream(ours, loop)
         rec = Recorder(s)
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        theirs.close()
+        reset(theirs)
         assert select.select([ours], [], [], TIMEOUT)[0]  # the RST arrived
         s.writev([b"into", b"the void"])
         assert s.closed and rec.closes == []
