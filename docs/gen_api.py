@@ -90,8 +90,13 @@ def _class_section(name: str, cls: type) -> list[str]:
     out = [f"## `{name}`", "", "```python", f"class {_signature(name, cls)}", "```", "",
            _doc(cls), ""]
     members = []
-    for attr, value in cls.__dict__.items():
-        if attr.startswith("_"):
+    own: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):  # evws base classes too (Emitter's extras)
+        if klass.__module__.startswith("evws"):
+            own.update(vars(klass))
+    import pyee
+    for attr, value in own.items():
+        if attr.startswith("_") or attr in vars(pyee.EventEmitter):
             continue
         if isinstance(value, property):
             members.append((attr, f"`{name}.{attr}` (property)", _doc(value.fget)))

@@ -7,9 +7,11 @@ object decides masking and who closes TCP, so no frame logic is repeated).
 
 One connect is a chain of non-blocking steps on the loop, all inside one
 ``timeout``: ``tcp_connect`` (every ``getaddrinfo`` address in turn; the
-name lookup itself blocks), the TLS handshake for ``wss://``, then the HTTP
-upgrade (RFC 6455 4.1) read with a :class:`ResponseHeadParser` through a
-:class:`~evws.reactor.stream.Stream` that the connection keeps afterwards.
+name lookup itself blocks), the TLS handshake for ``wss://`` (the same
+``start_tls`` as the server's), then the HTTP upgrade (RFC 6455 4.1): a
+sans-I/O :class:`~evws.protocol.client.ClientProtocol` over a
+:class:`~evws.reactor.stream.Stream`, driven by the same ``Connection`` as a
+server's, from the request's first byte to the last frame.
 
 What a failed connect croaks with -- one rule: trouble in the transport is
 an ``OSError``, trouble in the server's answer a ``HandshakeError``:
@@ -39,50 +41,40 @@ import errno
 import socket
 import ssl
 import time
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional
 from urllib.parse import unquote, urlsplit
 
-from .connection import (
-    DEFAULT_HIGH_WATER,
-    DEFAULT_LOW_WATER,
-    DEFAULT_PING_INTERVAL,
-    DEFAULT_PING_TIMEOUT,
-    Connection,
-)
+from .connection import Connection
 from .errors import HandshakeError, RecursiveWaitError, WaitTimeout
-from .protocol import deflate as _deflate
-from .protocol.handshake import build_request, check_response, generate_key
-from .protocol.http import Headers, HeadersLike, ResponseHead, ResponseHeadParser
-from .protocol.websocket import Side, WebSocketProtocol
+from .options import DEFAULTS as _OPTION_DEFAULTS
+from .options import Compression, Options, deflate_config_of
+from .protocol.client import ClientProtocol
+from .protocol.http import Headers, HeadersLike
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
 from .reactor.tcp import tcp_connect
-from .reactor.tls import client_context, tls_handshake, wrap_client
+from .reactor.tls import client_context, start_tls
 
 __all__ = ["Client", "connect", "connection_pair", "parse_url"]
 
-#: Options :meth:`Client.connect` understands, with their defaults.
+#: Options :meth:`Client.connect` understands, with their defaults: the
+#: per-connect ones, then those of :class:`~evws.Options` (one source).
+DEFAULT_PING_INTERVAL = _OPTION_DEFAULTS.ping_interval
+DEFAULT_PING_TIMEOUT = _OPTION_DEFAULTS.ping_timeout
+
 DEFAULTS: dict[str, Any] = {
     "subprotocols": None,
     "headers": None,
     "origin": None,
     "ssl_context": None,
-    "max_payload_size": 1 << 20,
-    "max_fragments": 1 << 17,
-    "compression": "deflate",
-    "timeout": 10.0,
-    "close_timeout": 10.0,
-    "ping_interval": DEFAULT_PING_INTERVAL,
-    "ping_timeout": DEFAULT_PING_TIMEOUT,
-    "high_water": DEFAULT_HIGH_WATER,
-    "low_water": DEFAULT_LOW_WATER,
-    "max_handshake_size": 16384,
-    "max_error_body": 65536,
     "loop": None,
+    "compression": "deflate",
+    "timeout": _OPTION_DEFAULTS.handshake_timeout,
+    **{name: getattr(_OPTION_DEFAULTS, name) for name in (
+        "max_payload_size", "max_fragments", "close_timeout", "ping_interval", "ping_timeout",
+        "high_water", "low_water", "max_handshake_size", "max_error_body")},
 }
-
-Compression = Union[str, None, "_deflate.DeflateConfig"]
 
 
 def parse_url(url: str) -> tuple[bool, str, int, str, str]:
@@ -121,17 +113,6 @@ def parse_url(url: str) -> tuple[bool, str, int, str, str]:
     return secure, host, port, resource, host_header
 
 
-def _deflate_config(compression: Compression) -> Optional[_deflate.DeflateConfig]:
-    """``"deflate"`` -> default config, a DeflateConfig as is, None/False -> off."""
-    if not compression:
-        return None
-    if compression == "deflate":
-        return _deflate.DeflateConfig()
-    if isinstance(compression, _deflate.DeflateConfig):
-        return compression
-    raise ValueError(f"compression must be 'deflate', a DeflateConfig or None, not {compression!r}")
-
-
 class Client:
     """A WebSocket client with default options, as AnyEvent::WebSocket::Client.
 
@@ -165,18 +146,42 @@ class Client:
         unknown = set(overrides) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown connect option(s): {', '.join(sorted(unknown))}")
-        options = {**self.defaults, **overrides}
+        settings = {**self.defaults, **overrides}
         secure, host, port, resource, host_header = parse_url(url)
-        loop = options["loop"] or get_loop()
+        loop = settings["loop"] or get_loop()
+        options = _options(settings)
+        headers = list(_header_items(settings["headers"]))
+        if credentials := _userinfo(url):
+            headers.append(("Authorization", "Basic " + credentials))
+
+        def protocol() -> ClientProtocol:
+            return ClientProtocol(
+                host_header, resource, subprotocols=settings["subprotocols"] or (),
+                origin=settings["origin"], headers=headers, deflate_config=options.deflate,
+                max_handshake_size=options.max_handshake_size,
+                max_error_body=options.max_error_body,
+                max_payload_size=options.max_payload_size, max_fragments=options.max_fragments)
+
+        protocol()  # a bad header or resource raises now, not after connecting
         cv = CondVar(loop)
-        ssl_ctx = None
-        if secure:
-            ssl_ctx = options["ssl_context"] or client_context()
-        handshake = _ClientHandshake(loop, cv, host_header, resource, options)
-        if parts := _userinfo(url):
-            handshake.extra_headers.append(("Authorization", "Basic " + parts))
-        handshake.connect(host, port, ssl_ctx)
+        ssl_ctx = (settings["ssl_context"] or client_context()) if secure else None
+        _Connect(loop, cv, options, protocol).start(host, port, ssl_ctx)
         return cv
+
+
+def _options(settings: dict[str, Any]) -> Options:
+    """The :class:`Options` of one connect, from the keyword arguments."""
+    return Options(
+        max_payload_size=settings["max_payload_size"], max_fragments=settings["max_fragments"],
+        max_handshake_size=settings["max_handshake_size"], handshake_timeout=settings["timeout"],
+        close_timeout=settings["close_timeout"], ping_interval=settings["ping_interval"],
+        ping_timeout=settings["ping_timeout"], high_water=settings["high_water"],
+        low_water=settings["low_water"], deflate=deflate_config_of(settings["compression"]),
+        max_error_body=settings["max_error_body"])
+
+
+def _header_items(headers: Optional[HeadersLike]) -> Iterable[tuple[str, str]]:
+    return () if headers is None else Headers(headers).items()
 
 
 def _userinfo(url: str) -> str:
@@ -233,224 +238,74 @@ def connect(
         timeout=timeout, close_timeout=close_timeout, loop=loop, **more)
 
 
-class _ClientHandshake:
-    """One connect: TCP, TLS, request, response; croaks or yields a Connection."""
+class _Connect:
+    """One connect: TCP, TLS, then the Connection runs the handshake; all in one deadline."""
 
-    def __init__(self, loop: Loop, cv: CondVar, host_header: str, resource: str,
-                 options: dict[str, Any]) -> None:
+    def __init__(self, loop: Loop, cv: CondVar, options: Options,
+                 protocol: Any) -> None:
         self.loop = loop
         self.cv = cv
-        self.host_header = host_header
-        self.resource = resource
         self.options = options
-        self.subprotocols = list(options["subprotocols"] or ())
-        self.extra_headers: list[tuple[str, str]] = Headers(options["headers"] or ()).items()
-        self.deflate_config = _deflate_config(options["compression"])
-        self.key = generate_key()
-        timeout = options["timeout"]
+        self.protocol = protocol
+        timeout = options.handshake_timeout
         self.deadline: Optional[float] = None if timeout is None else time.monotonic() + timeout
-        self.stream: Optional[Stream] = None
-        self.timer: Any = None
-        self.parser = ResponseHeadParser(max_size=options["max_handshake_size"])
-        self.head: Optional[ResponseHead] = None
-        self.body = bytearray()
-        self.body_wanted: Optional[int] = None  # None: read the body until EOF
-
-    # -- steps ----------------------------------------------------------------
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
-    def connect(self, host: str, port: int, ssl_ctx: Optional[ssl.SSLContext]) -> None:
+    def start(self, host: str, port: int, ssl_ctx: Optional[ssl.SSLContext]) -> None:
         def connected(tcp: CondVar) -> None:
-            try:
-                sock = tcp.recv()
-            except TimeoutError as exc:
-                self.fail(self.timeout_error("connecting", exc))
-                return
-            except OSError as exc:
-                self.fail(exc)
-                return
-            if ssl_ctx is None:
-                self.start_http(sock)
+            error = tcp.error
+            if error is not None:
+                self.cv.croak(self.timeout_error("connecting", error)
+                              if isinstance(error, TimeoutError) else error)
+            elif ssl_ctx is None:
+                self.open(tcp.recv())
             else:
-                self.start_tls(sock, ssl_ctx, host)
+                # An IP literal is checked against the certificate's IP
+                # entries; ssl sends no SNI for it.
+                start_tls(tcp.recv(), ssl_ctx, self.loop, server_side=False,
+                          server_hostname=host, timeout=self.remaining()).cb(tls_done)
+
+        def tls_done(tls: CondVar) -> None:
+            error = tls.error
+            if error is not None:
+                self.cv.croak(self.timeout_error("in the TLS handshake", error)
+                              if isinstance(error, TimeoutError) else error)
+            else:
+                self.open(tls.recv())
 
         tcp_connect(host, port, self.loop, timeout=self.remaining()).cb(connected)
 
-    def start_tls(self, sock: socket.socket, ctx: ssl.SSLContext, host: str) -> None:
-        try:
-            # An IP literal is checked against the certificate's IP entries;
-            # ssl sends no SNI for it.
-            tls_sock = wrap_client(sock, ctx, host)
-        except (OSError, ValueError) as exc:
-            sock.close()
-            self.fail(exc)
-            return
-
-        def done(shake: CondVar) -> None:
-            try:
-                shake.recv()
-            except OSError as exc:
-                tls_sock.close()
-                self.fail(self.timeout_error("in the TLS handshake", exc)
-                          if isinstance(exc, TimeoutError) else exc)
-                return
-            self.start_http(tls_sock)
-
-        tls_handshake(tls_sock, self.loop, timeout=self.remaining()).cb(done)
-
-    def start_http(self, sock: socket.socket) -> None:
-        extensions = None
-        if self.deflate_config is not None:
-            # Deflate spot: the offer comes from evws.protocol.deflate.
-            extensions = _deflate.client_offer(self.deflate_config)
-        try:
-            request = build_request(
-                self.host_header, self.resource, self.key, subprotocols=self.subprotocols,
-                extensions=extensions, origin=self.options["origin"], headers=self.extra_headers)
-        except ValueError as exc:
-            sock.close()
-            self.fail(exc)
-            return
-        stream = self.stream = Stream(sock, self.loop, on_data=self.on_data, on_eof=self.on_eof,
-                                      on_close=self.on_close)
-        remaining = self.remaining()
-        if remaining is not None:
-            self.timer = self.loop.timer(remaining, self.on_timeout)
-        stream.start_reading()
-        stream.write(request)
-
-    # -- the answer -----------------------------------------------------------
-
-    def on_data(self, data: bytes) -> None:
-        if self.cv.ready:
-            return
-        if self.head is not None:  # reading a refusal's body
-            self.take_body(data)
-            return
-        try:
-            head = self.parser.feed(data)
-        except HandshakeError as exc:
-            self.fail(exc)
-            return
-        if head is None:
-            return
-        self.head = head
-        if head.status != 101:
-            self.start_body(head)
-            return
-        self.upgrade(head)
-
-    def upgrade(self, head: ResponseHead) -> None:
-        try:
-            subprotocol, extensions = check_response(
-                head, self.key, subprotocols_offered=self.subprotocols,
-                extensions_offered=self.deflate_config is not None)
-            params = None
-            if self.deflate_config is not None:
-                # Deflate spot: check the server's answer to our offer.
-                params = _deflate.accept_client(extensions, self.deflate_config)
-        except HandshakeError as exc:
-            self.fail(exc)
-            return
-        self.stop_timer()
-        stream = self.stream
-        assert stream is not None
-        # Hold input until the Connection starts, so nothing overtakes the
-        # bytes that came after the head (they are the first frames).
-        stream.pause_reading()
-        options = self.options
-        protocol = WebSocketProtocol(Side.CLIENT, max_payload_size=options["max_payload_size"],
-                                     max_fragments=options["max_fragments"], deflate=params)
-        conn = Connection(stream, protocol, loop=self.loop, close_timeout=options["close_timeout"],
-                          subprotocol=subprotocol, ping_interval=options["ping_interval"],
-                          ping_timeout=options["ping_timeout"], high_water=options["high_water"],
-                          low_water=options["low_water"])
-        conn.response = head  # type: ignore[attr-defined]
-        self.cv.send(conn)
-        # As on the server (NOTES.md): frames that came with the answer are
-        # delivered on a later turn, after the CondVar's callbacks ran.
-        self.loop.call_soon(conn._start, self.parser.leftover)
-
-    def start_body(self, head: ResponseHead) -> None:
-        lengths = head.headers.get_all("Content-Length")
-        if len(lengths) == 1 and lengths[0].strip().isdigit():
-            self.body_wanted = int(lengths[0].strip())
-        elif head.status in (204, 304) or 100 <= head.status < 200:
-            self.body_wanted = 0
-        self.take_body(self.parser.leftover)
-
-    def take_body(self, data: bytes) -> None:
-        limit = self.options["max_error_body"]
-        self.body += data
-        wanted = limit if self.body_wanted is None else min(self.body_wanted, limit)
-        if len(self.body) >= wanted:
-            self.refused()
-
-    def refused(self) -> None:
-        head = self.head
-        assert head is not None
-        limit = self.options["max_error_body"]
-        wanted = len(self.body) if self.body_wanted is None else self.body_wanted
-        error = HandshakeError(
-            f"server refused the WebSocket handshake: {head.status} {head.reason}".rstrip(),
-            status=head.status, body=bytes(self.body[:min(wanted, limit)]))
-        error.headers = head.headers  # type: ignore[attr-defined]
-        self.fail(error, polite=True)
-
-    def on_eof(self) -> None:
-        if self.cv.ready:
-            return
-        if self.head is not None:
-            self.refused()  # a body delimited by EOF, or cut short: keep what came
-            return
-        self.fail(HandshakeError("server closed the connection before its handshake answer "
-                                 "was complete", status=400))
-
-    def on_close(self, error: Optional[BaseException]) -> None:
-        if self.cv.ready:
-            return
-        if error is None:
-            error = ConnectionResetError(errno.ECONNRESET, "connection closed during the handshake")
-        self.fail(error)
-
-    def on_timeout(self) -> None:
-        self.timer = None
-        if self.head is not None and not self.cv.ready:
-            self.refused()  # the refusal is the news, not the slow body
-            return
-        self.fail(self.timeout_error("waiting for the handshake answer", None))
+    def open(self, sock: socket.socket) -> None:
+        open_client(sock, self.protocol(), self.options, self.loop, self.cv,
+                    timeout=self.remaining(), timeout_text=self.options.handshake_timeout)
 
     def timeout_error(self, step: str, cause: Optional[BaseException]) -> WaitTimeout:
-        error = WaitTimeout(f"WebSocket connect timed out {step} (timeout={self.options['timeout']} s)")
-        error.__cause__ = cause
-        return error
+        return _timeout_error(step, self.options.handshake_timeout, cause)
 
-    # -- endings ----------------------------------------------------------------
 
-    def stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+def _timeout_error(step: str, timeout: Optional[float], cause: Optional[BaseException]) -> WaitTimeout:
+    error = WaitTimeout(f"WebSocket connect timed out {step} (timeout={timeout} s)")
+    error.__cause__ = cause
+    return error
 
-    def fail(self, error: BaseException, polite: bool = False) -> None:
-        """Croak ``error``; close TCP gracefully after a refusal, else drop it."""
-        self.stop_timer()
-        stream = self.stream
-        if stream is not None:
-            self.stream = None
-            stream.on_data = stream.on_eof = None
-            stream.on_close = None
-            # A refusal was read: leave politely. Anything else (a bad
-            # answer, a timeout): RFC 6455 4.1 says fail, i.e. drop TCP.
-            if polite:
-                stream.close()
-            else:
-                stream.abort()
-        self.cv.croak(error)
+
+def open_client(sock: socket.socket, protocol: ClientProtocol, options: Options, loop: Loop,
+                cv: CondVar, *, timeout: Optional[float], timeout_text: Optional[float]) -> None:
+    """Run the client handshake of ``protocol`` on a connected ``sock``; ``cv`` gets the result."""
+    def timeout_error() -> BaseException:
+        # A refusal whose body is still coming is the news, not the slow body.
+        return protocol.refusal() or _timeout_error("waiting for the handshake answer",
+                                                    timeout_text, None)
+
+    def lost_error(exc: Optional[BaseException]) -> BaseException:
+        return exc or ConnectionResetError(errno.ECONNRESET, "connection closed during the handshake")
+
+    Connection.opening(Stream(sock, loop), protocol, options, loop=loop, cv=cv, timeout=timeout,
+                       timeout_error=timeout_error, lost_error=lost_error)
 
 
 def connection_pair(
@@ -468,6 +323,7 @@ def connection_pair(
     ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
     ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
     timeout: float = 10.0,
+    **more: Any,
 ) -> tuple[Connection, Connection]:
     """Two handshaken Connections over ``socket.socketpair()``: ``(server_side, client_side)``.
 
@@ -475,32 +331,38 @@ def connection_pair(
     and the real client handshake run on the two ends of a socketpair,
     driven by the loop until both are ready (at most ``timeout`` seconds).
     ``handshake``/``validator`` go to the server (their extra results are
-    dropped), the other options to both ends or to the client as in
-    :func:`connect`. Run the loop afterwards to exchange messages.
+    dropped); every other option (those above, and ``max_fragments``,
+    ``high_water``, ``low_water``, ``max_handshake_size``, ``max_error_body``
+    as for :class:`Client`) goes to both ends as one :class:`~evws.Options`.
+    Run the loop afterwards to exchange messages.
 
     Raises:
         HandshakeError: a handshake failed (e.g. ``handshake`` rejected it).
         WaitTimeout: not done within ``timeout``.
         RecursiveWaitError: called from inside a loop callback (it has to
             run the loop itself).
+        TypeError: an unknown option.
     """
     from .server import Server  # server imports nothing from here; avoid a cycle all the same
 
+    unknown = set(more) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown connection_pair option(s): {', '.join(sorted(unknown))}")
     loop = loop or get_loop()
     if loop.depth > 0:
         raise RecursiveWaitError("connection_pair() runs the loop: call it outside loop callbacks")
+    settings = {**DEFAULTS, **more, "max_payload_size": max_payload_size,
+                "close_timeout": close_timeout, "compression": compression, "timeout": timeout,
+                "ping_interval": ping_interval, "ping_timeout": ping_timeout}
+    options = _options(settings)
     server_sock, client_sock = socket.socketpair()
-    config = _deflate_config(compression)
-    server = Server(handshake=handshake, validator=validator, max_payload_size=max_payload_size,
-                    close_timeout=close_timeout, handshake_timeout=timeout, loop=loop,
-                    ping_interval=ping_interval, ping_timeout=ping_timeout,
-                    compression=None if config is None else "deflate", deflate_config=config)
+    server = Server(handshake=handshake, validator=validator, loop=loop, options=options)
     server_cv = server.establish(server_sock)
 
     def refused(cv: CondVar) -> None:
         # Answer a refusal as a server program would, so the client side
         # ends at once instead of waiting for its timeout.
-        error = cv._error
+        error = cv.error
         if isinstance(error, HandshakeError):
             try:
                 server_sock.send(error.response)
@@ -509,12 +371,14 @@ def connection_pair(
                 pass
 
     server_cv.cb(refused)
-    options = {**DEFAULTS, "subprotocols": subprotocols, "headers": headers, "origin": origin,
-               "max_payload_size": max_payload_size, "close_timeout": close_timeout,
-               "compression": compression, "timeout": timeout, "loop": loop,
-               "ping_interval": ping_interval, "ping_timeout": ping_timeout}
     client_cv = CondVar(loop)
-    _ClientHandshake(loop, client_cv, "localhost", resource, options).start_http(client_sock)
+    protocol = ClientProtocol(
+        "localhost", resource, subprotocols=subprotocols or (), origin=origin,
+        headers=list(_header_items(headers)), deflate_config=options.deflate,
+        max_handshake_size=options.max_handshake_size, max_error_body=options.max_error_body,
+        max_payload_size=options.max_payload_size, max_fragments=options.max_fragments)
+    open_client(client_sock, protocol, options, loop, client_cv, timeout=timeout,
+                timeout_text=timeout)
     deadline = time.monotonic() + timeout
     try:
         for cv in (client_cv, server_cv):
@@ -535,7 +399,7 @@ def _abandon(loop: Loop, server_cv: CondVar, client_cv: CondVar,
              server_sock: socket.socket, client_sock: socket.socket) -> None:
     """Undo a failed connection_pair without closing an fd the loop still watches."""
     for cv in (client_cv, server_cv):
-        if cv.ready and cv._error is None:
+        if cv.ready and cv.error is None:
             cv.recv_all()[0].stream.abort()
     if not client_cv.ready:
         client_sock.shutdown(socket.SHUT_RDWR)  # ends both handshakes through EOF
@@ -545,5 +409,5 @@ def _abandon(loop: Loop, server_cv: CondVar, client_cv: CondVar,
     while not (server_cv.ready and client_cv.ready) and time.monotonic() < deadline:
         loop.run_once(0.05)
     for cv, sock in ((client_cv, client_sock), (server_cv, server_sock)):
-        if cv.ready and cv._error is not None and sock.fileno() >= 0:
+        if cv.ready and cv.error is not None and sock.fileno() >= 0:
             sock.close()

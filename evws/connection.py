@@ -1,10 +1,20 @@
-"""``Connection``: one established WebSocket, as a pyee ``EventEmitter``.
+"""``Connection``: one WebSocket, as a pyee ``EventEmitter``, from its first byte.
 
-The connection is glue: bytes from the :class:`~evws.reactor.stream.Stream`
-go into the sans-I/O :class:`~evws.protocol.websocket.WebSocketProtocol`; the
-protocol's events become pyee events and its outgoing bytes go back to the
-stream. Every RFC decision (echoing close codes, who closes TCP, limits) is
-made in the protocol; this module only obeys it and runs the close timer.
+The connection is the one I/O driver of both ends: bytes from the
+:class:`~evws.reactor.stream.Stream` go into the sans-I/O protocol (a
+:class:`~evws.protocol.server.ServerProtocol` or
+:class:`~evws.protocol.client.ClientProtocol`, which parse the opening
+handshake as their CONNECTING state and then frames from the same buffer);
+the protocol's events become pyee events and its outgoing bytes go back to
+the stream. Every RFC decision (echoing close codes, who closes TCP, limits)
+is made in the protocol; this module only obeys it and runs the timers.
+
+While CONNECTING the connection is not the user's yet: it answers to the
+establish CondVar that ``Server.establish`` or ``connect`` returned (see
+:meth:`Connection.opening`), and its events are those of the handshake. The
+frames that came with the handshake stay in the protocol until a call
+deferred *after* that CondVar is ready, so handlers attached in ``cv.cb()``
+or right after ``cv.recv()`` see the first messages.
 
 Events (AnyEvent::WebSocket::Connection names):
 
@@ -25,13 +35,12 @@ Events (AnyEvent::WebSocket::Connection names):
 A ``Connection`` stays alive while its socket is open (the loop holds it
 through the stream's watchers), so users need not keep a reference.
 
-Hardening lives here so that both sides get it (the server builds
-connections, and so will the client):
+Hardening lives here so that both sides get it:
 
 Keepalive (``ping_interval`` / ``ping_timeout``)
     every ``ping_interval`` seconds a Ping with a fresh 8-byte payload goes
     out (the first one between 7/8 of ``ping_interval`` and ``ping_interval``
-    after the connection opened: see ``KeepaliveTicker``); the Pong that
+    after the connection opened: see :class:`~evws.reactor.ticker.Ticker`); the Pong that
     echoes that payload (and only that one: an unsolicited or stale Pong is
     ignored) sets :attr:`Connection.latency`. Without a
     matching Pong within ``ping_timeout`` the peer is presumed dead and the
@@ -65,26 +74,28 @@ import itertools
 import logging
 import os
 import struct
-import threading
-from typing import Any, Callable, MutableMapping, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from pyee import EventEmitter
-
-from .errors import ConnectionClosed
-from .keepalive import KeepaliveTicker
-from .listeners import Listener, Listeners
+from .emitter import Emitter
+from .errors import ConnectionClosed, HandshakeError
 from .message import Message
+from .options import DEFAULTS, Options
 from .protocol.events import (
     CloseReceived,
     ConnectionFailed,
     ConnectionLost,
+    HandshakeFailed,
     MessageReceived,
     PongReceived,
+    RequestReceived,
+    ResponseReceived,
 )
 from .protocol.frames import Opcode
 from .protocol.websocket import OPEN, Side, WebSocketProtocol
+from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
+from .reactor.ticker import Ticker
 
 __all__ = ["Connection"]
 
@@ -95,13 +106,12 @@ Sendable = Union[str, bytes, bytearray, memoryview, Message]
 #: RFC 6455 7.4.1: 1011 = the endpoint met an unexpected condition.
 INTERNAL_ERROR = 1011
 
-#: Defaults shared by server and client connections (those of ``websockets``).
-DEFAULT_PING_INTERVAL = 20.0
-DEFAULT_PING_TIMEOUT = 20.0
-#: Stop reading from a peer once this much output is queued for it ...
-DEFAULT_HIGH_WATER = 64 * 1024
-#: ... and resume (emitting ``drain``) once the queue is down to this.
-DEFAULT_LOW_WATER = 16 * 1024
+#: Defaults shared by server and client connections (those of ``websockets``),
+#: kept as names for code that imported them; the one source is ``Options``.
+DEFAULT_PING_INTERVAL = DEFAULTS.ping_interval
+DEFAULT_PING_TIMEOUT = DEFAULTS.ping_timeout
+DEFAULT_HIGH_WATER = DEFAULTS.high_water
+DEFAULT_LOW_WATER = DEFAULTS.low_water
 
 # Opcodes as plain ints: reading an IntEnum member off its class costs ~0.2 us
 # (ten times a global), on the per-message path.
@@ -113,22 +123,45 @@ _CLOSE = int(Opcode.CLOSE)
 # payload is already bytes (half the cost, on the per-message path).
 _new_message = Message.__new__
 
-# pyee gives every emitter its own threading.Lock (~90 bytes). A loop and its
-# connections live in one thread, so all connections share one lock: it is
-# only ever held for a dict update, never across a callback.
-_SHARED_LOCK = threading.Lock()
-
 # Ping payloads: a per-process random prefix and a counter, so a payload is
 # never reused by this process and a peer cannot guess the next one.
 _PING_PREFIX = os.urandom(4)
 _ping_counter = itertools.count(1)
 
+_UNSET: Any = object()
 
-class Connection(EventEmitter):
-    """An open WebSocket connection (server or client side).
+#: ``negotiate(request, default_response) -> (response, results)``: the
+#: server's handshake policy, called on ``RequestReceived``.
+Negotiate = Callable[[Any, Any], "tuple[Any, tuple[Any, ...]]"]
 
-    Build one through :meth:`evws.Server.establish` (or the client); the
-    constructor is internal glue and its signature may change.
+
+class _Opening:
+    """What a CONNECTING connection needs, dropped once it is open (memory)."""
+
+    __slots__ = ("cv", "timer", "negotiate", "on_open", "answer_errors", "start_turns",
+                 "timeout_error", "lost_error")
+
+    def __init__(self, cv: CondVar, negotiate: Optional[Negotiate],
+                 on_open: Optional[Callable[[Connection], Any]], answer_errors: bool,
+                 start_turns: int, timeout_error: Callable[[], BaseException],
+                 lost_error: Callable[[Optional[BaseException]], BaseException]) -> None:
+        self.cv = cv
+        self.timer: Any = None
+        self.negotiate = negotiate
+        self.on_open = on_open
+        self.answer_errors = answer_errors
+        self.start_turns = start_turns
+        self.timeout_error = timeout_error
+        self.lost_error = lost_error
+
+
+class Connection(Emitter):
+    """A WebSocket connection (server or client side).
+
+    Build one through :meth:`evws.Server.establish` or :func:`evws.connect`;
+    the constructor is internal glue and its signature may change. Given an
+    OPEN protocol it drives an already handshaken connection (``_start()``
+    begins reading); :meth:`opening` runs one from its first byte.
     """
 
     def __init__(
@@ -137,33 +170,30 @@ class Connection(EventEmitter):
         protocol: WebSocketProtocol,
         *,
         loop: Optional[Loop] = None,
-        close_timeout: float = 10.0,
+        options: Optional[Options] = None,
         subprotocol: Optional[str] = None,
         request: Any = None,
-        ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
-        ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
-        high_water: Optional[int] = DEFAULT_HIGH_WATER,
-        low_water: Optional[int] = DEFAULT_LOW_WATER,
+        close_timeout: Any = _UNSET,
+        ping_interval: Any = _UNSET,
+        ping_timeout: Any = _UNSET,
+        high_water: Any = _UNSET,
+        low_water: Any = _UNSET,
     ) -> None:
-        if high_water is not None:
-            if low_water is None:
-                low_water = min(DEFAULT_LOW_WATER, high_water)
-            if not 0 <= low_water <= high_water:
-                raise ValueError("need 0 <= low_water <= high_water")
+        changes = {name: value for name, value in (
+            ("close_timeout", close_timeout), ("ping_interval", ping_interval),
+            ("ping_timeout", ping_timeout), ("high_water", high_water),
+            ("low_water", low_water)) if value is not _UNSET}
+        if "high_water" in changes and "low_water" not in changes:
+            changes["low_water"] = None  # derived from the new high_water
+        options = options or DEFAULTS
+        if changes:
+            options = options.replace(**changes)
         super().__init__()
-        self._lock = _SHARED_LOCK
+        #: the settings of this connection (shared with its server or client)
+        self.options = options
         self.loop = loop or get_loop()
         self.stream = stream
         self.protocol = protocol
-        self.close_timeout = close_timeout
-        #: seconds between keepalive Pings (None: no keepalive)
-        self.ping_interval = ping_interval
-        #: seconds a Ping may wait for its Pong before the peer is presumed dead
-        self.ping_timeout = ping_timeout
-        #: queued output (bytes) from which reading from the peer pauses; None: never
-        self.high_water = high_water
-        #: queued output (bytes) at which reading resumes and ``drain`` fires
-        self.low_water = low_water if high_water is not None else None
         #: round-trip time in seconds of the last keepalive Ping answered, or None
         self.latency: Optional[float] = None
         #: the subprotocol agreed in the handshake, or None
@@ -172,41 +202,73 @@ class Connection(EventEmitter):
         self.request = request
         #: why the connection ended abnormally (an exception), or None
         self.close_error: Optional[BaseException] = None
-        self.is_read_open = True
-        self.is_write_open = True
+        # The API's own state, not the protocol's: ``finish`` was emitted.
+        # (The protocol is CLOSED earlier, while its last events -- messages
+        # that came before an EOF, say -- are still being handled.)
         self._finished = False
         self._close_timer: Any = None
         #: the shared ticker pinging this connection, while keepalive runs
-        self._keepalive: Optional[KeepaliveTicker] = None
+        self._keepalive: Optional[Ticker] = None
         self._pong_timer: Any = None
         self._ping_payload: Optional[bytes] = None
         self._ping_sent_at = 0.0
         self._read_paused = False
-        #: evws' own finish hooks (see ``_add_finish_hook``); a tuple, () for none
-        self._internal_finish: tuple[Callable[[Connection], None], ...] = ()
-        #: the set of live connections this one is in (its server's), left on finish
-        self._registry: Optional[set[Connection]] = None
+        #: finish hooks (see ``add_finish_hook``); a tuple, () for none
+        self._finish_hooks: tuple[Callable[[Connection], Any], ...] = ()
+        #: the opening handshake's state while CONNECTING (see ``opening``)
+        self._opening: Optional[_Opening] = None
         stream.on_data = self._on_data
         stream.on_eof = self._on_eof
         stream.on_close = self._on_stream_close
         stream.on_drain = self._on_drain
-        if high_water is not None and low_water is not None:
-            stream.low_water = low_water
+        if options.high_water is not None and options.low_water is not None:
+            stream.low_water = options.low_water
 
-    def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
-        """pyee's, with a :class:`Listeners` per event instead of an ``OrderedDict``.
+    @classmethod
+    def opening(
+        cls,
+        stream: Stream,
+        protocol: WebSocketProtocol,
+        options: Options,
+        *,
+        loop: Loop,
+        cv: Optional[CondVar] = None,
+        timeout: Optional[float] = None,
+        negotiate: Optional[Negotiate] = None,
+        on_open: Optional[Callable[[Connection], Any]] = None,
+        answer_errors: bool = False,
+        start_turns: int = 1,
+        timeout_error: Callable[[], BaseException],
+        lost_error: Callable[[Optional[BaseException]], BaseException],
+    ) -> CondVar:
+        """Run a CONNECTING ``protocol`` over ``stream``; return the establish CondVar.
 
-        It keeps registration order just as well for a fraction of the memory
-        (an ``OrderedDict`` is ~400 bytes, a dict ~220): the example's two
-        listeners were a fifth of an idle connection.
+        The CondVar yields ``(connection, *results)`` once the handshake
+        succeeded, or croaks: with the protocol's ``HandshakeError``, with
+        ``timeout_error()`` after ``timeout`` seconds, or with
+        ``lost_error(exc)`` when the stream closed first.
+
+        Args:
+            negotiate: (server) the policy called on ``RequestReceived``; it
+                returns ``(response, results)`` or raises ``HandshakeError``.
+            on_open: called with the connection once it is open, before the
+                CondVar is ready (the server's bookkeeping).
+            answer_errors: (server) write a refusal's ready HTTP answer and
+                close; otherwise the socket is handed back to the caller open
+                and untouched (AnyEvent::WebSocket::Server's contract), as
+                ``HandshakeError`` leaves it.
+            start_turns: how many loop turns after the CondVar is ready the
+                connection starts reading and delivers the first frames.
         """
-        self.emit("new_listener", event, k)
-        with self._lock:
-            events: dict[str, MutableMapping[Listener, Listener]] = self._events  # type: ignore[assignment]
-            handlers = events.get(event)
-            if handlers is None:
-                handlers = events[event] = Listeners()
-            handlers[k] = v
+        cv = cv or CondVar(loop)
+        conn = cls(stream, protocol, loop=loop, options=options)
+        opening = conn._opening = _Opening(cv, negotiate, on_open, answer_errors, start_turns,
+                                           timeout_error, lost_error)
+        if timeout is not None:
+            opening.timer = loop.timer(timeout, conn._on_open_timeout)
+        stream.start_reading()
+        conn._process()  # the client's request; a request the protocol was given
+        return cv
 
     # -- attributes of the original -------------------------------------
 
@@ -229,13 +291,50 @@ class Connection(EventEmitter):
         return self.protocol.close_reason or ""
 
     @property
+    def is_read_open(self) -> bool:
+        """True while messages from the peer can still arrive (the protocol parses input)."""
+        return self.protocol.input_open
+
+    @property
+    def is_write_open(self) -> bool:
+        """True while messages can be sent: open, and no Close frame sent."""
+        protocol = self.protocol
+        return protocol.close_sent is None and protocol.state is OPEN
+
+    @property
     def finished(self) -> bool:
+        """True once ``finish`` was emitted."""
         return self._finished
 
     @property
     def buffered_amount(self) -> int:
         """Bytes sent (frames included) that the kernel has not taken yet."""
         return self.stream.buffered_amount
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds to wait for the peer to finish a closing handshake."""
+        return self.options.close_timeout
+
+    @property
+    def ping_interval(self) -> Optional[float]:
+        """Seconds between keepalive Pings (None: no keepalive)."""
+        return self.options.ping_interval
+
+    @property
+    def ping_timeout(self) -> Optional[float]:
+        """Seconds a Ping may wait for its Pong before the peer is presumed dead."""
+        return self.options.ping_timeout
+
+    @property
+    def high_water(self) -> Optional[int]:
+        """Queued output (bytes) from which reading from the peer pauses; None: never."""
+        return self.options.high_water
+
+    @property
+    def low_water(self) -> Optional[int]:
+        """Queued output (bytes) at which reading resumes and ``drain`` fires."""
+        return self.options.low_water
 
     # -- sending ----------------------------------------------------------
 
@@ -245,7 +344,8 @@ class Connection(EventEmitter):
         Raises:
             ConnectionClosed: the closing handshake has started; nothing more can be sent.
         """
-        if not self.is_write_open:
+        protocol = self.protocol
+        if protocol.close_sent is not None or protocol.state is not OPEN:
             raise ConnectionClosed("cannot send: connection is closed",
                                    self.close_code, self.close_reason)
         kind = type(message)
@@ -254,17 +354,17 @@ class Connection(EventEmitter):
             opcode = message.opcode  # type: ignore[union-attr]
             if opcode == _CLOSE:
                 raise ValueError("use Connection.close(code, reason) to close")
-            self.protocol.send_message(message.body, opcode)  # type: ignore[union-attr]
+            protocol.send_message(message.body, opcode)  # type: ignore[union-attr]
         elif kind is bytes:
-            self.protocol.send_message(message, _BINARY)  # type: ignore[arg-type]
+            protocol.send_message(message, _BINARY)  # type: ignore[arg-type]
         elif isinstance(message, str):
-            self.protocol.send_message(message.encode("utf-8"), _TEXT)
+            protocol.send_message(message.encode("utf-8"), _TEXT)
         elif isinstance(message, Message):
             if message.opcode == _CLOSE:
                 raise ValueError("use Connection.close(code, reason) to close")
-            self.protocol.send_message(message.body, message.opcode)
+            protocol.send_message(message.body, message.opcode)
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self.protocol.send_message(bytes(message), _BINARY)
+            protocol.send_message(bytes(message), _BINARY)
         else:
             raise TypeError(f"cannot send {type(message).__name__}: use str, bytes or Message")
         self._flush()
@@ -278,29 +378,109 @@ class Connection(EventEmitter):
         """
         if not self.is_write_open or self._finished:
             return
-        self.is_write_open = False
-        if self.protocol.close_sent is None:
-            self.protocol.send_close(code, reason)
+        self.protocol.send_close(code, reason)
         self._flush()
+
+    # -- the opening handshake ---------------------------------------------
+
+    def _on_request(self, event: RequestReceived) -> None:
+        """Server: ask the policy for the answer, write it, open."""
+        opening = self._opening
+        assert opening is not None and opening.negotiate is not None
+        try:
+            response, results = opening.negotiate(event.request, event.response)
+            self.protocol.accept(response)  # type: ignore[attr-defined]
+        except HandshakeError as exc:
+            self._open_failed(exc)
+            return
+        self.request = event.request
+        self.subprotocol = self.protocol.subprotocol  # type: ignore[attr-defined]
+        self._opened(results)
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        """Client: the server's 101 checked out."""
+        #: the server's 101 head (``status``, ``headers``): cookies, custom fields
+        self.response = event.response
+        self.subprotocol = self.protocol.subprotocol  # type: ignore[attr-defined]
+        self._opened(())
+
+    def _opened(self, results: tuple[Any, ...]) -> None:
+        opening = self._opening
+        assert opening is not None
+        if opening.timer is not None:
+            opening.timer.cancel()
+            opening.timer = None
+        # Hold input until _start (``_opening`` stays set until then, and
+        # _process parses nothing more): nothing may overtake the first
+        # frames, which wait in the protocol.
+        self.stream.pause_reading()
+        self._flush()  # the 101 goes out before anything a CondVar callback sends
+        if opening.on_open is not None:
+            opening.on_open(self)
+        opening.cv.send(self, *results)
+        start: Callable[..., Any] = self._start
+        for _ in range(opening.start_turns - 1):
+            start = _later(self.loop, start)
+        self.loop.call_soon(start)
+
+    def _connecting(self) -> bool:
+        """True until the establish CondVar is ready."""
+        return self._opening is not None and not self._opening.cv.ready
+
+    def _on_open_timeout(self) -> None:
+        opening = self._opening
+        if opening is not None and not opening.cv.ready:
+            opening.timer = None
+            self._open_failed(opening.timeout_error())
+
+    def _open_failed(self, error: BaseException) -> None:
+        """The handshake failed: croak, and leave the socket as the side's contract says."""
+        opening = self._opening
+        assert opening is not None and not opening.cv.ready
+        self._opening = None
+        self._finished = True  # done, without a finish: it never opened
+        if opening.timer is not None:
+            opening.timer.cancel()
+        stream = self.stream
+        stream.on_data = stream.on_eof = stream.on_drain = stream.on_close = None
+        log.debug("handshake failed: %s", error)
+        if not stream.closed:
+            if self.protocol.side == Side.SERVER:
+                if opening.answer_errors and isinstance(error, HandshakeError):
+                    # The caller cannot answer on a TLS socket we wrapped: do it here.
+                    self.protocol.reject(error.response)  # type: ignore[attr-defined]
+                    stream.linger = 1.0
+                    self._flush()
+                    stream.close()
+                else:
+                    stream.detach()  # the caller's socket again, open and untouched
+            elif getattr(self.protocol, "refused", False):
+                stream.close()  # a refusal was read whole: leave politely
+            else:
+                stream.abort()  # RFC 6455 4.1: _Fail the WebSocket Connection_
+        opening.cv.croak(error)
 
     # -- input from the stream -------------------------------------------
 
     def _start(self, initial: bytes = b"") -> None:
-        """Begin reading; deliver bytes that came with the handshake first.
+        """Begin reading; deliver the frames that came with the handshake first.
 
-        The server calls this from a deferred call made *after* the establish
-        CondVar became ready, so handlers attached in ``cv.cb`` or right
-        after ``cv.recv()`` see the first messages.
+        Called from a deferred call made *after* the establish CondVar became
+        ready, so handlers attached in ``cv.cb`` or right after ``cv.recv()``
+        see the first messages.
         """
+        self._opening = None
         if self._finished:
             return
         self.stream.start_reading()
         if self._read_paused:
-            self.stream.pause_reading()
-        if self.ping_interval is not None and self._keepalive is None:
-            self._keepalive = KeepaliveTicker.join(self, self.ping_interval)
+            self.stream.pause_reading()  # a CondVar callback already filled the queue
+        interval = self.options.ping_interval
+        if interval is not None and self._keepalive is None:
+            self._keepalive = Ticker.join(self.loop, interval, self._on_ping_timer)
         if initial:
-            self._on_data(initial)
+            self.protocol.receive_data(initial)
+        self._process()
 
     def _on_data(self, data: bytes) -> None:
         self.protocol.receive_data(data)
@@ -323,7 +503,7 @@ class Connection(EventEmitter):
         protocol = self.protocol
         while True:
             events = protocol.events_received()
-            if protocol._out or protocol.state is not OPEN:
+            if protocol.has_data_to_send or protocol.state is not OPEN:
                 self._flush()
             if not events:
                 return
@@ -333,11 +513,15 @@ class Connection(EventEmitter):
                     self._deliver(event)
                 else:
                     self._handle_event(event)
-            if self._read_paused and not protocol._input_closed:
-                return
+            if (self._read_paused or self._opening is not None) and protocol.input_open:
+                return  # flow control holds input, or _start has not run yet
 
     def _on_stream_close(self, error: Optional[BaseException]) -> None:
         """The socket is gone: if the protocol did not finish, this is abnormal (1006)."""
+        opening = self._opening
+        if opening is not None and not opening.cv.ready:
+            self._open_failed(opening.lost_error(error))
+            return
         if error is not None and self.close_error is None and not self._finished:
             self.close_error = error
         if not self._finished:
@@ -357,9 +541,9 @@ class Connection(EventEmitter):
         reading (and parsing) until ``_on_drain``.
         """
         protocol = self.protocol
-        # protocol._out is read directly: skipping the data_to_send() call
-        # when nothing is queued is measurable on the per-message path.
-        if protocol._out:
+        # Asking first skips the data_to_send() call (a new list) when
+        # nothing is queued: measurable on the per-message path.
+        if protocol.has_data_to_send:
             stream = self.stream
             chunks = protocol.data_to_send()
             # b"" (end TCP) can only come last: nothing is queued after it.
@@ -370,7 +554,7 @@ class Connection(EventEmitter):
                               else stream.writev(chunks))
                 except BrokenPipeError:
                     queued = 0  # the stream is closing or failed: nowhere to send it
-                high = self.high_water
+                high = self.options.high_water
                 if high is not None and queued >= high and not self._read_paused:
                     self._read_paused = True
                     stream.pause_reading()
@@ -382,13 +566,16 @@ class Connection(EventEmitter):
                 stream.close()
         if (protocol.state is not OPEN and protocol.close_expected()
                 and self._close_timer is None and not self._finished):
-            self._close_timer = self.loop.timer(self.close_timeout, self._on_close_timeout)
+            self._close_timer = self.loop.timer(self.options.close_timeout,
+                                                self._on_close_timeout)
 
     def _on_drain(self) -> None:
         """The output queue fell to ``low_water`` (or emptied): read again, emit ``drain``."""
-        if not self._read_paused or self.stream.buffered_amount > (self.low_water or 0):
+        if not self._read_paused or self.stream.buffered_amount > (self.options.low_water or 0):
             return
         self._read_paused = False
+        if self._opening is not None:
+            return  # before _start: input stays held, _start reads
         if self._finished or self.stream.closing:
             return
         self.stream.resume_reading()
@@ -401,7 +588,7 @@ class Connection(EventEmitter):
 
     def _on_ping_timer(self) -> None:
         """Every ``ping_interval`` (from the ticker): send a Ping unless one is still unanswered."""
-        if self._finished or not self.is_write_open or self.protocol.close_sent is not None:
+        if self._finished or not self.is_write_open:
             self._cancel_keepalive()
             return
         if self._ping_payload is not None:
@@ -414,8 +601,9 @@ class Connection(EventEmitter):
             return
         self._ping_payload = payload
         self._ping_sent_at = self.loop.time()
-        if self.ping_timeout is not None:
-            self._pong_timer = self.loop.timer(self.ping_timeout, self._on_pong_timeout)
+        timeout = self.options.ping_timeout
+        if timeout is not None:
+            self._pong_timer = self.loop.timer(timeout, self._on_pong_timeout)
         self._flush()
 
     def _on_pong(self, payload: bytes) -> None:
@@ -432,17 +620,16 @@ class Connection(EventEmitter):
         self._pong_timer = None
         if self._finished:
             return
-        log.debug("no pong within %.1f s: failing the connection with 1011", self.ping_timeout)
+        timeout = self.options.ping_timeout
+        log.debug("no pong within %.1f s: failing the connection with 1011", timeout)
         if self.close_error is None:
-            self.close_error = TimeoutError(
-                f"keepalive ping timeout: no pong within {self.ping_timeout} s")
-        self.is_read_open = self.is_write_open = False
+            self.close_error = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
         self.protocol.fail(INTERNAL_ERROR, "keepalive ping timeout")
         self._process()
 
     def _cancel_keepalive(self) -> None:
         if self._keepalive is not None:
-            self._keepalive.leave(self)
+            self._keepalive.leave(self._on_ping_timer)
             self._keepalive = None
         if self._pong_timer is not None:
             self._pong_timer.cancel()
@@ -454,7 +641,7 @@ class Connection(EventEmitter):
         self._close_timer = None
         if self._finished:
             return
-        log.debug("close timeout after %.1f s: dropping the connection", self.close_timeout)
+        log.debug("close timeout after %.1f s: dropping the connection", self.options.close_timeout)
         self.stream.abort()
 
     def _cancel_close_timer(self) -> None:
@@ -468,38 +655,32 @@ class Connection(EventEmitter):
         if kind is MessageReceived:
             self._deliver(event)
         elif kind is CloseReceived:
-            self.is_read_open = False
-            if self.protocol.close_sent is not None:
-                self.is_write_open = False
+            pass  # the protocol answered it; is_read_open/is_write_open follow its state
         elif kind is ConnectionFailed:
-            self.is_read_open = self.is_write_open = False
             self.close_error = event.error
             self._emit_safely("parse_error", self, str(event.error))
         elif kind is PongReceived:
             self._on_pong(event.payload)
         elif kind is ConnectionLost:
             self._finish()
+        elif kind is RequestReceived:
+            self._on_request(event)
+        elif kind is ResponseReceived:
+            self._on_response(event)
+        elif kind is HandshakeFailed:
+            if self._connecting():
+                self._open_failed(event.error)
         # PingReceived: the protocol already answered it.
 
     def _deliver(self, event: MessageReceived) -> None:
         """Run next_message then each_message listeners with the message, directly.
 
-        pyee's ``emit`` takes a lock per call; on the per-message path we call
-        the registered handlers ourselves, in registration order. A handler
-        that raises fails only this connection, with 1011.
+        ``emit`` is not used on the per-message path (see ``evws.emitter``).
+        A handler that raises fails only this connection, with 1011.
         """
         message = _new_message(Message)
         message.opcode, message.body = event
-        events: dict[str, MutableMapping[Listener, Listener]] = self._events  # type: ignore[assignment]
-        once = events.pop("next_message", None) if "next_message" in events else None
-        every = events.get("each_message")
-        # A snapshot: a handler may add or remove listeners.
-        if once is None and type(every) is Listeners:
-            handlers = every._items[1::2]  # the common case, without method calls
-        else:
-            handlers = list(once.values()) if once else []
-            if every:
-                handlers.extend(every.values())
+        handlers = self.take_handlers("next_message") + self.handlers("each_message")
         for handler in handlers:
             if self._finished:
                 return
@@ -514,49 +695,54 @@ class Connection(EventEmitter):
         if self.close_error is None:
             self.close_error = exc
         if not self._finished and self.is_write_open:
-            self.is_write_open = False
-            self.is_read_open = False
             self.protocol.fail(INTERNAL_ERROR, "handler error")
             self._process()
 
     def _emit_safely(self, event: str, *args: Any) -> None:
         """Emit a rare event; a raising listener is logged, never propagated."""
-        handlers = self._events.get(event)
-        for handler in list(handlers.values()) if handlers else ():
+        for handler in self.handlers(event):
             try:
                 handler(*args)
             except Exception:
                 log.exception("a %r listener raised", event)
 
-    def _add_finish_hook(self, hook: Callable[[Connection], None]) -> None:
-        """Run ``hook(self)`` on finish, before the ``finish`` listeners (evws-internal).
+    def add_finish_hook(self, hook: Callable[[Connection], Any]) -> None:
+        """Run ``hook(self)`` on finish, before the ``finish`` listeners.
 
-        A tuple rather than a list made up front: most connections never get a
-        hook, and an empty tuple costs them nothing.
+        For libraries built on evws (``Server`` tracks its connections with
+        one): unlike a ``finish`` listener, a user's ``remove_all_listeners``
+        cannot remove it. A tuple rather than a list made up front: most
+        connections never get a hook, and an empty tuple costs them nothing.
         """
-        self._internal_finish += (hook,)
+        self._finish_hooks += (hook,)
 
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        self.is_read_open = self.is_write_open = False
         self._cancel_close_timer()
         self._cancel_keepalive()
         if not self.stream.closed:
             self.stream.close()
-        if self._registry is not None:
-            self._registry.discard(self)
-            self._registry = None
-        hooks, self._internal_finish = self._internal_finish, ()
+        hooks, self._finish_hooks = self._finish_hooks, ()
         for hook in hooks:
             try:
                 hook(self)
             except Exception:
-                log.exception("internal finish hook raised")
+                log.exception("finish hook raised")
         self._emit_safely("finish", self)
 
     def __repr__(self) -> str:
         side = "client" if self.masked else "server"
-        state = "finished" if self._finished else ("open" if self.is_write_open else "closing")
+        if self._finished:
+            state = "finished"
+        elif self._connecting():
+            state = "connecting"
+        else:
+            state = "open" if self.is_write_open else "closing"
         return f"<evws.Connection {side} {state}>"
+
+
+def _later(loop: Loop, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` one loop turn later."""
+    return lambda: loop.call_soon(fn)

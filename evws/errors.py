@@ -19,6 +19,8 @@ which catches it does not have to translate it again.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "WebSocketError",
     "HandshakeError",
@@ -43,7 +45,8 @@ class HandshakeError(WebSocketError):
     rejected, 426 wrong version, 431 head too large, or, on the client side, the
     status the server answered). ``response`` holds complete HTTP response bytes
     that a server may write on the still-open socket (empty on the client side).
-    ``body`` is the response body received by a client, if any.
+    ``body`` is the response body received by a client, if any, and
+    ``headers`` the response's header fields (an :class:`evws.protocol.http.Headers`).
     """
 
     def __init__(
@@ -52,11 +55,13 @@ class HandshakeError(WebSocketError):
         status: int = 400,
         response: bytes = b"",
         body: bytes = b"",
+        headers: Any = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.response = response
         self.body = body
+        self.headers = headers
 
 
 class ProtocolError(WebSocketError):

@@ -4,6 +4,12 @@ Modelled on AnyEvent::WebSocket::Server. The server does not listen: it is
 handed a socket (from :func:`evws.tcp_server`, a WSGI server, a socketpair...)
 and runs the opening handshake on it, without blocking the loop.
 
+Thin by design: the handshake is parsed and checked by the sans-I/O
+:class:`~evws.protocol.server.ServerProtocol` and driven by the one
+:class:`~evws.Connection` driver (also the client's); what is left here is
+the server's policy -- its options, the user's ``handshake``/``validator``
+callbacks, TLS, and the set of live connections for :meth:`Server.shutdown`.
+
 On any handshake failure the establish CondVar croaks with a
 :class:`~evws.errors.HandshakeError` whose ``status`` and ready ``response``
 the caller may write back; the socket is left open and untouched beyond what
@@ -20,20 +26,15 @@ from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple, Unio
 
 from .connection import Connection
 from .errors import HandshakeError
-from .protocol.deflate import DeflateConfig, DeflateParams, negotiate_server, params_from_response
-from .protocol.handshake import (
-    Request,
-    Response,
-    check_request,
-    default_response,
-    parse_request,
-)
-from .protocol.http import Headers, RequestHead, RequestHeadParser, ResponseHeadParser, http_error
-from .protocol.websocket import Side, WebSocketProtocol
+from .options import Options, deflate_config_of
+from .protocol.deflate import DeflateConfig
+from .protocol.handshake import Request, Response, parse_request
+from .protocol.http import Headers, RequestHead, http_error
+from .protocol.server import RawResponse, ServerProtocol
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
-from .reactor.tls import server_context, tls_handshake, wrap_server
+from .reactor.tls import server_context, start_tls
 
 __all__ = ["Server"]
 
@@ -41,7 +42,6 @@ log = logging.getLogger("evws.server")
 
 HandshakeCallback = Callable[[Request, Response], Any]
 Validator = Callable[[Request], Any]
-RawResponse = Union[str, bytes]
 
 #: environ keys where WSGI servers expose the client socket (evws's own first)
 WSGI_SOCKET_KEYS = ("evws.socket", "gunicorn.socket", "werkzeug.socket")
@@ -85,6 +85,9 @@ class Server:
             permessage-deflate offer (RFC 7692); ``None`` declines it.
         deflate_config: a :class:`~evws.protocol.deflate.DeflateConfig`
             (window sizes, context takeover, level); default ``DeflateConfig()``.
+        options: a ready :class:`~evws.Options` instead of the limit, timeout,
+            keepalive, flow-control and compression keywords above (which
+            are then ignored); shared by every connection of this server.
 
     The agreed extension is the ``extensions`` of the default response handed
     to ``handshake``: set it to ``None`` there to refuse compression. A raw
@@ -117,6 +120,7 @@ class Server:
         ssl_context: Optional[ssl.SSLContext] = None,
         compression: Optional[str] = "deflate",
         deflate_config: Optional[DeflateConfig] = None,
+        options: Optional[Options] = None,
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"compression must be 'deflate' or None, not {compression!r}")
@@ -130,22 +134,35 @@ class Server:
         self.ssl_context = ssl_context
         self.handshake = handshake
         self.validator = validator
-        self.max_payload_size = max_payload_size
-        self.max_fragments = max_fragments
-        self.max_handshake_size = max_handshake_size
-        self.handshake_timeout = handshake_timeout
-        self.close_timeout = close_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.high_water = high_water
-        self.low_water = low_water
-        self._listeners: list[Any] = []
-        self._shutting_down = False
         #: "deflate" (permessage-deflate, RFC 7692, when the client offers it) or None
         self.compression = compression
         self.deflate_config = deflate_config or DeflateConfig()
+        if options is not None:
+            # A ready Options (connection_pair's, say) instead of the keywords.
+            self.compression = None if options.deflate is None else "deflate"
+            self.deflate_config = options.deflate or self.deflate_config
+        #: the settings every connection of this server shares (see :class:`~evws.Options`)
+        self.options = options or Options(
+            max_payload_size=max_payload_size, max_fragments=max_fragments,
+            max_handshake_size=max_handshake_size, handshake_timeout=handshake_timeout,
+            close_timeout=close_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            high_water=high_water, low_water=low_water,
+            deflate=deflate_config_of(compression, self.deflate_config))
         self.loop = loop or get_loop()
+        self._listeners: list[Any] = []
+        self._shutting_down = False
         self._connections: set[Connection] = set()
+
+    # The options, as the attributes they always were.
+    max_payload_size = property(lambda self: self.options.max_payload_size)
+    max_fragments = property(lambda self: self.options.max_fragments)
+    max_handshake_size = property(lambda self: self.options.max_handshake_size)
+    handshake_timeout = property(lambda self: self.options.handshake_timeout)
+    close_timeout = property(lambda self: self.options.close_timeout)
+    ping_interval = property(lambda self: self.options.ping_interval)
+    ping_timeout = property(lambda self: self.options.ping_timeout)
+    high_water = property(lambda self: self.options.high_water)
+    low_water = property(lambda self: self.options.low_water)
 
     # -- public entry points ---------------------------------------------
 
@@ -159,43 +176,22 @@ class Server:
         """
         cv = CondVar(self.loop)
         if self.ssl_context is None:
-            _RequestReader(self, sock, cv).start()
-        else:
-            self._establish_tls(sock, cv)
-        return cv
+            self._open(sock, cv)
+            return cv
 
-    def _establish_tls(self, sock: socket.socket, cv: CondVar) -> None:
-        """TLS handshake on the loop, then the usual request reader on the TLS socket."""
-        try:
-            tls_sock = wrap_server(sock, self.ssl_context)  # type: ignore[arg-type]
-        except (OSError, ValueError) as exc:
-            cv.croak(_chained(HandshakeError(f"cannot start TLS: {exc}", status=400), exc))
-            return
-        tls_up = False
-
-        def tls_done(shake: CondVar) -> None:
-            nonlocal tls_up
-            try:
-                shake.recv()
-            except OSError as exc:
-                tls_sock.close()
-                status = 408 if isinstance(exc, TimeoutError) else 400
-                cv.croak(_chained(HandshakeError(f"TLS handshake failed: {exc}", status=status), exc))
+        def tls_done(tls: CondVar) -> None:
+            error = tls.error
+            if error is None:
+                self._open(tls.recv(), cv, answer_errors=True)
                 return
-            tls_up = True
-            _RequestReader(self, tls_sock, cv).start()
+            status = 408 if isinstance(error, TimeoutError) else 400
+            failure = HandshakeError(f"TLS handshake failed: {error}", status=status)
+            failure.__cause__ = error
+            cv.croak(failure)
 
-        def on_ready(ready: CondVar) -> None:
-            # The caller cannot answer on a detached socket: do it here.
-            error = ready._error
-            if tls_up and isinstance(error, HandshakeError):
-                stream = Stream(tls_sock, self.loop, linger=1.0)
-                if error.response:
-                    stream.write(error.response)
-                stream.close()
-
-        cv.cb(on_ready)
-        tls_handshake(tls_sock, self.loop, timeout=self.handshake_timeout).cb(tls_done)
+        start_tls(sock, self.ssl_context, self.loop, server_side=True,
+                  timeout=self.options.handshake_timeout).cb(tls_done)
+        return cv
 
     def establish_wsgi(self, environ: Mapping[str, Any],
                        sock: Optional[socket.socket] = None) -> CondVar:
@@ -219,11 +215,11 @@ class Server:
         except HandshakeError as exc:
             cv.croak(exc)
             return cv
-        leftover = environ.get("evws.leftover", b"")
         # This CondVar is ready before we return, so a cv.cb(fn) made by the
         # caller runs on the next turn: deliver early frames one turn later.
-        self._accept(sock, request, leftover, cv, start_turns=2)
-        if cv._error is None and isinstance(environ, MutableMapping):
+        self._open(sock, cv, request=request, leftover=environ.get("evws.leftover", b""),
+                   start_turns=2)
+        if cv.error is None and isinstance(environ, MutableMapping):
             # The socket belongs to the Connection now: evws.wsgi lets go of it.
             environ["evws.upgraded"] = True
         return cv
@@ -265,7 +261,7 @@ class Server:
         cv.begin(done)
         for conn in list(self._connections):
             cv.begin()
-            conn._add_finish_hook(lambda _conn: cv.end())
+            conn.add_finish_hook(lambda _conn: cv.end())
             conn.close(code, reason)
         if timeout is not None and not cv.ready:
             def expire() -> None:
@@ -281,51 +277,50 @@ class Server:
         """The live connections this server established."""
         return frozenset(self._connections)
 
-    # -- the handshake, once the request is known ---------------------------
+    # -- one connection ---------------------------------------------------------
 
-    def _accept(self, sock: socket.socket, request: Request, leftover: bytes, cv: CondVar,
-                start_turns: int = 1) -> None:
-        """Check the request, ask the user, answer 101 and build the Connection.
-
-        ``start_turns``: how many loop turns after ``cv`` is ready the
-        connection starts reading (and delivers ``leftover``).
-        """
+    def _open(self, sock: socket.socket, cv: CondVar, *, answer_errors: bool = False,
+              request: Optional[Request] = None, leftover: bytes = b"",
+              start_turns: int = 1) -> None:
+        """A ServerProtocol and a Stream on ``sock``, driven by a Connection."""
+        options = self.options
         try:
-            if self._shutting_down:
-                raise http_error(503, "server shutting down")
-            check_request(request)
-            response, results = self._negotiate(request)
-            response_bytes, subprotocol = _render(response)
-        except HandshakeError as exc:
-            cv.croak(exc)
+            stream = Stream(sock, self.loop)
+        except OSError as exc:
+            cv.croak(HandshakeError(f"unusable socket: {exc}", status=400))
             return
-        protocol = WebSocketProtocol(Side.SERVER, max_payload_size=self.max_payload_size,
-                                     max_fragments=self.max_fragments,
-                                     deflate=self._agreed_deflate(response, response_bytes))
-        stream = Stream(sock, self.loop)
-        conn = Connection(stream, protocol, loop=self.loop, close_timeout=self.close_timeout,
-                          subprotocol=subprotocol, request=request,
-                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                          high_water=self.high_water, low_water=self.low_water)
-        stream.write(response_bytes)
-        self._connections.add(conn)
-        conn._registry = self._connections  # left in Connection._finish
-        cv.send(conn, *results)
-        # NOTES.md: frames that came with the request are delivered on a later
-        # turn, so handlers attached in cv.cb() or after cv.recv() see them.
-        start: Callable[..., Any] = conn._start
-        for _ in range(start_turns - 1):
-            start = partial(self.loop.call_soon, start)
-        self.loop.call_soon(start, leftover)
+        protocol = ServerProtocol(max_handshake_size=options.max_handshake_size,
+                                  deflate_config=options.deflate,
+                                  max_payload_size=options.max_payload_size,
+                                  max_fragments=options.max_fragments)
+        peer = _peer_of(sock)
+        if request is not None:
+            protocol.receive_request(request, leftover)
+        timeout = options.handshake_timeout
+        Connection.opening(
+            stream, protocol, options, loop=self.loop, cv=cv,
+            timeout=timeout if request is None else None,
+            negotiate=partial(self._negotiate, peer=peer), on_open=self._track,
+            answer_errors=answer_errors,
+            start_turns=start_turns,
+            timeout_error=lambda: HandshakeError(
+                f"no complete request within {timeout} s",
+                status=408, response=http_error(408, "request timeout").response),
+            lost_error=lambda exc: HandshakeError(
+                f"connection error during the handshake: {exc}", status=400))
 
-    def _negotiate(self, request: Request) -> Tuple[Union[Response, RawResponse], Tuple[Any, ...]]:
-        default = default_response(request)
-        if self.compression == "deflate":
-            # RFC 7692 7.1: accept the first acceptable offer, decline the rest.
-            # (peek: reading request.extensions would keep the list on every
-            # connection's request; see Request)
-            offers = Request.extensions.peek(request)
-            default.extensions, _ = negotiate_server(offers, self.deflate_config)
+    def _track(self, conn: Connection) -> None:
+        """A connection opened: keep it in :attr:`connections` until it finishes."""
+        self._connections.add(conn)
+        conn.add_finish_hook(self._connections.discard)
+
+    def _negotiate(self, request: Request, default: Response, *,
+                   peer: Any = None) -> Tuple[Union[Response, RawResponse], Tuple[Any, ...]]:
+        """The server's answer to a valid request: the user's callback decides."""
+        if request.peer is None:
+            request.peer = peer
+        if self._shutting_down:
+            raise http_error(503, "server shutting down")
         if self.handshake is not None:
             result = _call_user(self.handshake, request, default)
             if result is None:
@@ -345,104 +340,6 @@ class Server:
         return default, ()
 
 
-    def _agreed_deflate(self, response: Union[Response, RawResponse],
-                        response_bytes: bytes) -> Optional[DeflateParams]:
-        """The permessage-deflate parameters the written response agrees to.
-
-        What the client reads is what is in effect: the ``extensions`` of a
-        ``Response`` (the callback may have cleared it), or the
-        ``Sec-WebSocket-Extensions`` header of a raw response.
-        """
-        value: Union[str, list[str], None]
-        if isinstance(response, Response):
-            value = response.extensions
-        else:
-            try:
-                head = ResponseHeadParser().feed(response_bytes)
-            except HandshakeError:
-                return None
-            value = head.headers.get_all("Sec-WebSocket-Extensions") if head is not None else None
-        return params_from_response(value, self.deflate_config)
-
-
-class _RequestReader:
-    """Reads the request head from a socket without blocking the loop."""
-
-    __slots__ = ("server", "sock", "cv", "parser", "watcher", "timer")
-
-    def __init__(self, server: Server, sock: socket.socket, cv: CondVar) -> None:
-        self.server = server
-        self.sock = sock
-        self.cv = cv
-        self.parser = RequestHeadParser(max_size=server.max_handshake_size)
-        self.watcher: Any = None
-        self.timer: Any = None
-
-    def start(self) -> None:
-        try:
-            self.sock.setblocking(False)
-        except OSError as exc:
-            self._fail(HandshakeError(f"unusable socket: {exc}", status=400))
-            return
-        loop = self.server.loop
-        self.watcher = loop.io(self.sock, "r", self._on_readable)
-        if self.server.handshake_timeout is not None:
-            self.timer = loop.timer(self.server.handshake_timeout, self._on_timeout)
-
-    def _on_readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-            if data and isinstance(self.sock, ssl.SSLSocket):
-                # select() cannot see what OpenSSL already decrypted: take it now.
-                while pending := self.sock.pending():
-                    data += self.sock.recv(pending)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(HandshakeError(f"connection error during the handshake: {exc}", status=400))
-            return
-        if not data:
-            self._fail(HandshakeError("connection closed before the handshake request was complete",
-                                      status=400, response=http_error(400, "incomplete request").response))
-            return
-        try:
-            head = self.parser.feed(data)
-            if head is None:
-                return
-            request = parse_request(head)
-            request.peer = _peer_of(self.sock)
-        except HandshakeError as exc:
-            self._fail(exc)
-            return
-        self._stop()
-        self.server._accept(self.sock, request, self.parser.leftover, self.cv)
-
-    def _on_timeout(self) -> None:
-        self.timer = None
-        self._fail(HandshakeError(
-            f"no complete request within {self.server.handshake_timeout} s",
-            status=408, response=http_error(408, "request timeout").response))
-
-    def _fail(self, exc: HandshakeError) -> None:
-        self._stop()
-        log.debug("handshake failed: %s", exc)
-        self.cv.croak(exc)
-
-    def _stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-            self.watcher = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-def _chained(error: HandshakeError, cause: BaseException) -> HandshakeError:
-    """``error`` with ``cause`` as its ``__cause__`` (``raise ... from`` for croak)."""
-    error.__cause__ = cause
-    return error
-
-
 def _call_user(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a handshake/validator callback; turn what it raises into a 403 rejection."""
     try:
@@ -452,32 +349,6 @@ def _call_user(fn: Callable[..., Any], *args: Any) -> Any:
     except Exception as exc:
         raise HandshakeError(f"handshake rejected: {exc}", status=403,
                              response=http_error(403, "forbidden").response) from exc
-
-
-def _render(response: Union[Response, RawResponse]) -> Tuple[bytes, Optional[str]]:
-    """The bytes to write for a handshake response, and the subprotocol it agrees to."""
-    if isinstance(response, Response):
-        try:
-            return response.to_bytes(), response.subprotocol
-        except ValueError as exc:
-            raise HandshakeError(f"invalid handshake response: {exc}", status=500,
-                                 response=http_error(500, "server error").response) from exc
-    if isinstance(response, str):
-        response = response.encode("utf-8")
-    if isinstance(response, (bytes, bytearray)):
-        return bytes(response), _raw_subprotocol(bytes(response))
-    raise HandshakeError(
-        f"the handshake callback returned {type(response).__name__}, not a Response, str or bytes",
-        status=500, response=http_error(500, "server error").response)
-
-
-def _raw_subprotocol(raw: bytes) -> Optional[str]:
-    """Read Sec-WebSocket-Protocol back out of a raw response, if it parses."""
-    try:
-        head = ResponseHeadParser().feed(raw)
-    except HandshakeError:
-        return None
-    return head.headers.get("Sec-WebSocket-Protocol") if head is not None else None
 
 
 def _head_from_environ(environ: Mapping[str, Any]) -> RequestHead:

@@ -34,7 +34,8 @@ def public_names(obj: object, cls: type) -> set[str]:
             continue
         names |= {n for n in vars(klass) if not n.startswith("_")}
     names |= {n for n in vars(obj) if not n.startswith("_")} if hasattr(obj, "__dict__") else set()
-    return names
+    # pyee's own API (evws.emitter implements it) is documented once, in the intro.
+    return names - set(vars(pyee.EventEmitter))
 
 
 @pytest.mark.parametrize("name", [n for n in evws.__all__])

@@ -1,5 +1,12 @@
 """Events emitted by ``WebSocketProtocol`` (drained with ``events_received()``).
 
+The first three come from the opening handshake, while a ``ServerProtocol``
+or ``ClientProtocol`` is CONNECTING: ``RequestReceived`` (server: a valid
+request, with the 101 that would accept it), ``ResponseReceived`` (client:
+the server's 101 checked out, the connection is OPEN) and ``HandshakeFailed``
+(either side: the handshake cannot succeed; nothing else follows). The rest
+come from an OPEN connection.
+
 They are small frozen value objects so that the API layer can dispatch on the
 type with ``isinstance`` or ``match`` and never share mutable state with the
 parser. ``ConnectionLost`` is always the last event and is emitted exactly once
@@ -9,9 +16,17 @@ per connection, on every path; the API layer hangs its ``finish`` on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ..errors import HandshakeError
+    from .handshake import Request, Response
+    from .http import ResponseHead
 
 __all__ = [
+    "RequestReceived",
+    "ResponseReceived",
+    "HandshakeFailed",
     "MessageReceived",
     "PingReceived",
     "PongReceived",
@@ -19,6 +34,38 @@ __all__ = [
     "ConnectionFailed",
     "ConnectionLost",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """Server, CONNECTING: a request that passed the RFC 6455 4.2.1 checks.
+
+    ``response`` is the 101 that accepts it, with the extensions the protocol
+    negotiated; the application may change it (or answer otherwise) and
+    hands its choice to ``ServerProtocol.accept``.
+    """
+
+    request: Request
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """Client, CONNECTING -> OPEN: the server's 101 checked out."""
+
+    response: ResponseHead
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """The opening handshake failed; ``error.status`` tells how.
+
+    On a server, ``error.response`` is the ready HTTP answer (the I/O layer
+    decides whether to write it: ``ServerProtocol.reject``). On a client,
+    ``error`` carries the refusal's status, headers and body.
+    """
+
+    error: HandshakeError
 
 
 def _short(data: bytes, limit: int = 32) -> str:

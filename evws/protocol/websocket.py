@@ -80,6 +80,7 @@ __all__ = [
     "SERVER",
     "CLIENT",
     "State",
+    "CONNECTING",
     "OPEN",
     "CLOSING",
     "CLOSED",
@@ -101,14 +102,18 @@ CLIENT = Side.CLIENT
 
 
 class State(enum.IntEnum):
-    """OPEN, then CLOSING while a close handshake or TCP close is awaited,
-    then CLOSED once ``ConnectionLost`` was emitted."""
+    """CONNECTING while the opening handshake runs (``ServerProtocol`` and
+    ``ClientProtocol`` only), OPEN, then CLOSING while a close handshake or
+    TCP close is awaited, then CLOSED once ``ConnectionLost`` was emitted (or
+    the opening handshake failed)."""
 
+    CONNECTING = 0
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
 
 
+CONNECTING = State.CONNECTING
 OPEN = State.OPEN
 CLOSING = State.CLOSING
 CLOSED = State.CLOSED
@@ -202,34 +207,20 @@ class WebSocketProtocol:
         deflate: DeflateParams | None = None,
     ) -> None:
         self.side = Side(side)
-        self.deflate = deflate
-        # Hook for extensions: the RSV bits (frames.RSV1 etc.) a negotiated
-        # extension gives a meaning to. permessage-deflate sets RSV1 here; with
-        # the default 0 any reserved bit fails the connection (5.2).
-        self.allowed_rsv_bits = 0
-        # The codec; None keeps every deflate branch off the hot path.
-        self._codec: PerMessageDeflate | None = None
-        if deflate is not None:
-            self._codec = PerMessageDeflate(deflate, self.side == SERVER)
-            self.allowed_rsv_bits = RSV1
-        # The message being received is compressed (RSV1 on its first frame).
-        self._inflating = False
         self.max_payload_size = max_payload_size
         self.max_fragments = max_fragments
-        self.state = OPEN
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.close_sent: tuple[int | None, str] | None = None
         # 5.1: "a client MUST mask all frames that it sends to the server";
         # "A server MUST NOT mask any frames that it sends to the client".
         self._mask_out = self.side == CLIENT
         self._expect_masked = self.side == SERVER
         self._debug = _log.isEnabledFor(logging.DEBUG)
-        # The inline paths (see the module docstring) skip debug logging,
-        # masking of output and compression: off whenever one of those is on.
-        self._fast_in = (self._expect_masked and not self._debug
-                         and (max_fragments is None or max_fragments >= 1))
-        self._fast_out = not self._mask_out and deflate is None and not self._debug
+        self._configure(deflate)
+        # The message being received is compressed (RSV1 on its first frame).
+        self._inflating = False
+        self.state = OPEN
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.close_sent: tuple[int | None, str] | None = None
         self._events: list[Any] = []
         self._out: list[bytes] = []
         self._buf = b""  # an incomplete header or control frame, see module doc
@@ -238,7 +229,9 @@ class WebSocketProtocol:
         # many small messages in one read cost no copies).
         self._rest: bytes | None = None
         self._rest_pos = 0
-        self._input_closed = False  # Close received, EOF, or failed: discard input
+        # No frame is parsed: Close received, EOF, or failed -- and, in a
+        # ServerProtocol/ClientProtocol, CONNECTING (the handshake has the input).
+        self._input_closed = False
         self._eof_sent = False
         self._lost = False
         # The data frame whose payload is being received.
@@ -257,6 +250,44 @@ class WebSocketProtocol:
         self._utf8: IncrementalUtf8 | None = None
         # The opcode of a fragmented message we are sending (0: none).
         self._send_opcode = 0
+
+    def _configure(self, deflate: DeflateParams | None) -> None:
+        """Set up for the extensions agreed: at construction, or once the
+        opening handshake (``ServerProtocol``/``ClientProtocol``) agreed them."""
+        self.deflate = deflate
+        # Hook for extensions: the RSV bits (frames.RSV1 etc.) a negotiated
+        # extension gives a meaning to. permessage-deflate sets RSV1 here; with
+        # the default 0 any reserved bit fails the connection (5.2).
+        self.allowed_rsv_bits = 0
+        # The codec; None keeps every deflate branch off the hot path.
+        self._codec: PerMessageDeflate | None = None
+        if deflate is not None:
+            self._codec = PerMessageDeflate(deflate, self.side == SERVER)
+            self.allowed_rsv_bits = RSV1
+        # The inline paths (see the module docstring) skip masking of output
+        # and compression; they log at DEBUG level like the general path, so
+        # a debug run parses with the same code as any other.
+        self._fast_in = self._expect_masked and (self.max_fragments is None
+                                                 or self.max_fragments >= 1)
+        self._fast_out = not self._mask_out and deflate is None
+
+    # ------------------------------------------------------------- state seams
+
+    @property
+    def input_open(self) -> bool:
+        """True while frames from the peer are parsed: OPEN (or CLOSING) and
+        no Close received, no EOF, no failure."""
+        return not self._input_closed
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """True when :meth:`data_to_send` would return something."""
+        return bool(self._out)
+
+    @property
+    def finished(self) -> bool:
+        """True once ``ConnectionLost`` was emitted (or the opening handshake failed)."""
+        return self._lost
 
     # ------------------------------------------------------------------ output
 
@@ -300,6 +331,8 @@ class WebSocketProtocol:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes received from the peer, split anywhere."""
         if self._input_closed or not data:
+            if data and self.state is CONNECTING:
+                self._receive_handshake(data)
             return
         if self._rest is not None:
             data = self._rest[self._rest_pos :] + data
@@ -318,6 +351,14 @@ class WebSocketProtocol:
         except ProtocolError as exc:
             self._fail(exc.close_code, _clip_reason(str(exc)), exc)
 
+    def _receive_handshake(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes in CONNECTING: ``ServerProtocol`` and ``ClientProtocol`` parse them."""
+        raise AssertionError("a plain WebSocketProtocol starts OPEN")
+
+    def _handshake_eof(self) -> None:
+        """EOF in CONNECTING (see :meth:`_receive_handshake`)."""
+        raise AssertionError("a plain WebSocketProtocol starts OPEN")
+
     def receive_eof(self) -> None:
         """The peer closed its side of TCP (or the I/O layer gave up on it).
 
@@ -326,6 +367,9 @@ class WebSocketProtocol:
         connection was already finished.
         """
         if self._lost:
+            return
+        if self.state is CONNECTING:
+            self._handshake_eof()
             return
         while self._rest is not None and not self._input_closed:
             # Input that came before the EOF is still due (7.1.5).
@@ -369,6 +413,8 @@ class WebSocketProtocol:
                     opcode, payload, pos = frame
                     if opcode == _TEXT:
                         check_utf8(payload)
+                    if self._debug:
+                        _log.debug("< %s %d bytes", _OPNAMES[opcode], len(payload))
                     events.append(_new_event(MessageReceived, (opcode, payload)))
                     if pos < end:
                         self._rest, self._rest_pos = data, pos
@@ -699,6 +745,8 @@ class WebSocketProtocol:
                 # The short path of an echo: what _send_data and _queue would do
                 # for an unmasked, uncompressed, unfragmented frame.
                 n = len(payload)
+                if self._debug:
+                    _log.debug("> %s fin=1 %d bytes", _OPNAMES[opcode], n)
                 if n < 126:
                     self._out.append(_SHORT_HEADS[opcode][n] + payload)
                     return

@@ -58,6 +58,15 @@ class CondVar:
         """True once ``send`` or ``croak`` was called."""
         return self._ready
 
+    @property
+    def error(self) -> BaseException | None:
+        """What was croaked, or ``None`` (not ready, or ready with values).
+
+        For code that must look at the outcome without raising it, e.g. a
+        ``cb`` that answers a refused handshake.
+        """
+        return self._error
+
     # -- producing -------------------------------------------------------
 
     def send(self, *values: Any) -> None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from typing import Any
 
 from .condvar import CondVar
 from .loop import IoWatcher, Loop, Timer, get_loop
 
-__all__ = ["server_context", "client_context", "wrap_server", "wrap_client", "tls_handshake", "is_tls"]
+__all__ = ["server_context", "client_context", "wrap_server", "wrap_client", "tls_handshake",
+           "start_tls"]
 
 
 def server_context(cert_file: str, key_file: str | None = None) -> ssl.SSLContext:
@@ -135,6 +135,32 @@ def tls_handshake(sock: ssl.SSLSocket, loop: Loop | None = None, *,
     return cv
 
 
-def is_tls(sock: Any) -> bool:
-    """True for an ``ssl.SSLSocket`` (a plain socket otherwise)."""
-    return isinstance(sock, ssl.SSLSocket)
+def start_tls(sock: socket.socket, ctx: ssl.SSLContext, loop: Loop, *, server_side: bool,
+              server_hostname: str | None = None, timeout: float | None = None) -> CondVar:
+    """Wrap ``sock`` and run the TLS handshake on the loop: the one TLS set-up of both ends.
+
+    Returns a CondVar yielding the ready ``SSLSocket``, or croaking with what
+    wrapping raised (``OSError``, or ``ValueError`` for unusable settings) or
+    the handshake raised (an ``OSError``; ``TimeoutError`` after ``timeout``).
+    On failure the socket is closed (the wrapped one, or ``sock`` itself when
+    wrapping failed), so the caller has nothing to clean up.
+    """
+    try:
+        tls_sock = (wrap_server(sock, ctx) if server_side
+                    else wrap_client(sock, ctx, server_hostname))
+    except (OSError, ValueError) as exc:
+        sock.close()
+        cv = CondVar(loop)
+        cv.croak(exc)
+        return cv
+    result = CondVar(loop)
+
+    def done(shake: CondVar) -> None:
+        if shake.error is not None:
+            tls_sock.close()
+            result.croak(shake.error)
+        else:
+            result.send(tls_sock)
+
+    tls_handshake(tls_sock, loop, timeout=timeout).cb(done)
+    return result
