@@ -20,7 +20,7 @@ asked for at most one byte more than the message may still grow by; if it
 delivers that byte, the message is too big (1009) and the rest of the input
 (``unconsumed_tail``) is never inflated.
 
-zlib quirk (see NOTES.md): ``compressobj`` refuses a raw window of 8 bits.
+zlib quirk: ``compressobj(wbits=-8)`` is refused, a raw window of 8 bits is not available.
 A window of 9 is used instead when 8 was agreed for our side: zlib never
 emits a distance beyond ``2**wbits - 262``, which for 9 bits (250) still fits
 the 256-byte window the peer inflates with.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HandshakeError, PayloadTooBig, ProtocolError
-from .handshake import split_header_list
+from .http import TOKEN, quoted_string, split_header_list
 
 __all__ = [
     "EXTENSION_NAME",
@@ -55,7 +55,6 @@ EXTENSION_NAME = "permessage-deflate"
 _TAIL = b"\x00\x00\xff\xff"
 
 # RFC 7230 token; RFC 6455 9.1 asks quoted parameter values to unescape to one.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # 7.1.2: "a decimal integer value without leading zeroes between 8 and 15".
 _WINDOW_BITS = re.compile(r"(?:8|9|1[0-5])")
 
@@ -131,26 +130,14 @@ class DeflateParams:
 
 def _unquote(value: str) -> str | None:
     """A parameter value, unquoted; None if it is not a (quoted) token."""
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        inner = value[1:-1]
-        out = []
-        escaped = False
-        for char in inner:
-            if escaped:
-                out.append(char)
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                return None
-            else:
-                out.append(char)
-        if escaped:
+    if value.startswith('"'):
+        inner, end = quoted_string(value, 0)
+        if inner is None or end != len(value):
             return None
-        value = "".join(out)
+        value = inner
     # 9.1: "the value after quoted-string unescaping MUST conform to the
     # 'token' ABNF."
-    return value if _TOKEN.fullmatch(value) else None
+    return value if TOKEN.fullmatch(value) else None
 
 
 def _parse_extension(text: str) -> tuple[str, list[tuple[str, str | None]]] | None:
@@ -159,13 +146,13 @@ def _parse_extension(text: str) -> tuple[str, list[tuple[str, str | None]]] | No
     # is enough; a quoted ';' makes the value fail the token check anyway.
     pieces = [piece.strip() for piece in text.split(";")]
     name = pieces[0]
-    if not _TOKEN.fullmatch(name):
+    if not TOKEN.fullmatch(name):
         return None
     params: list[tuple[str, str | None]] = []
     for piece in pieces[1:]:
         key, eq, value = piece.partition("=")
         key = key.strip()
-        if not _TOKEN.fullmatch(key):
+        if not TOKEN.fullmatch(key):
             return None
         if eq:
             unquoted = _unquote(value.strip())
@@ -223,6 +210,20 @@ def _deflate_params(params: list[tuple[str, str | None]]) -> dict[str, bool | in
 # ---------------------------------------------------------------- negotiation
 
 
+def _agreed(server_nct: bool, client_nct: bool, server_bits: int | None,
+            client_bits: int | None, config: DeflateConfig) -> DeflateParams:
+    """The one place agreed parameters are made: absent window bits mean 15
+    (7.1.2), and our local codec settings come along."""
+    return DeflateParams(
+        server_no_context_takeover=server_nct,
+        client_no_context_takeover=client_nct,
+        server_max_window_bits=15 if server_bits is None else server_bits,
+        client_max_window_bits=15 if client_bits is None else client_bits,
+        level=config.level,
+        mem_level=config.mem_level,
+    )
+
+
 def negotiate_server(
     offers: str | list[str] | tuple[str, ...], config: DeflateConfig | None = None
 ) -> tuple[str | None, DeflateParams | None]:
@@ -276,14 +277,7 @@ def _answer_offer(offer: dict[str, Any], config: DeflateConfig) -> tuple[str, De
         if config.client_max_window_bits is not None:
             if client_bits is None or client_bits > config.client_max_window_bits:
                 client_bits = config.client_max_window_bits
-    params = DeflateParams(
-        server_no_context_takeover=server_nct,
-        client_no_context_takeover=client_nct,
-        server_max_window_bits=15 if server_bits is None else server_bits,
-        client_max_window_bits=15 if client_bits is None else client_bits,
-        level=config.level,
-        mem_level=config.mem_level,
-    )
+    params = _agreed(server_nct, client_nct, server_bits, client_bits, config)
     # Values of 15 are written when they were asked for: the offer named them,
     # so the answer must (7.1.2.1: "accepts ... by including").
     parts = [EXTENSION_NAME]
@@ -377,15 +371,9 @@ def accept_client(
     elif config.client_max_window_bits is not None and client_bits > config.client_max_window_bits:
         raise fail(f"client_max_window_bits={client_bits} exceeds the offered "
                    f"{config.client_max_window_bits}")
-    return DeflateParams(
-        server_no_context_takeover=bool(answer["server_no_context_takeover"]),
-        client_no_context_takeover=bool(answer["client_no_context_takeover"])
-        or config.client_no_context_takeover,
-        server_max_window_bits=15 if server_bits is None else server_bits,
-        client_max_window_bits=15 if client_bits is None else client_bits,
-        level=config.level,
-        mem_level=config.mem_level,
-    )
+    return _agreed(bool(answer["server_no_context_takeover"]),
+                   bool(answer["client_no_context_takeover"]) or config.client_no_context_takeover,
+                   server_bits, client_bits, config)
 
 
 def params_from_response(value: str | list[str] | None,
@@ -409,14 +397,8 @@ def params_from_response(value: str | list[str] | None,
         return None
     server_bits = answer["server_max_window_bits"]
     client_bits = answer["client_max_window_bits"]
-    return DeflateParams(
-        server_no_context_takeover=bool(answer["server_no_context_takeover"]),
-        client_no_context_takeover=bool(answer["client_no_context_takeover"]),
-        server_max_window_bits=15 if server_bits is None else server_bits,
-        client_max_window_bits=15 if client_bits is None else client_bits,
-        level=config.level,
-        mem_level=config.mem_level,
-    )
+    return _agreed(bool(answer["server_no_context_takeover"]),
+                   bool(answer["client_no_context_takeover"]), server_bits, client_bits, config)
 
 
 # ---------------------------------------------------------------------- codec

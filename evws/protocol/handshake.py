@@ -27,6 +27,8 @@ from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
 from evws.errors import HandshakeError
 from evws.protocol.http import (
+    FIELD_VALUE,
+    TOKEN,
     Headers,
     HeadersLike,
     RequestHead,
@@ -34,6 +36,7 @@ from evws.protocol.http import (
     http_error,
     serialize_request,
     serialize_response,
+    split_header_list,
 )
 
 __all__ = [
@@ -54,9 +57,6 @@ __all__ = [
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 _VERSION = "13"
-# RFC 6265 4.1.1: cookie-name = token (RFC 2616 token, same set as RFC 7230).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 _T = TypeVar("_T")
 
@@ -75,33 +75,6 @@ def accept_key(key: str) -> str:
 def generate_key() -> str:
     """A fresh ``Sec-WebSocket-Key``: 16 random bytes, base64 (RFC 6455 4.1)."""
     return base64.b64encode(os.urandom(16)).decode("ascii")
-
-
-def split_header_list(values: Iterable[str]) -> list[str]:
-    """Split comma-separated header values into stripped, non-empty items.
-
-    RFC 7230 7: a list-valued field may be sent as several fields or as one
-    comma-separated value, and empty elements are to be ignored. Commas inside
-    a quoted string (an extension parameter may be quoted) do not split.
-    """
-    items: list[str] = []
-    for value in values:
-        current: list[str] = []
-        quoted = escaped = False
-        for char in value:
-            if escaped:
-                escaped = False
-            elif quoted and char == "\\":
-                escaped = True
-            elif char == '"':
-                quoted = not quoted
-            elif char == "," and not quoted:
-                items.append("".join(current).strip())
-                current = []
-                continue
-            current.append(char)
-        items.append("".join(current).strip())
-    return [item for item in items if item]
 
 
 def _has_token(headers: Headers, name: str, token: str) -> bool:
@@ -187,7 +160,7 @@ class _Derived(Generic[_T]):
 
     Every connection keeps its request, so the request stores only what was
     sent (the request line and the headers) and derives the rest on demand:
-    a dataclass holding them all cost ~1 KiB per idle connection (issue 4).
+    a dataclass holding them all cost ~1 KiB per idle connection.
     A value given to the constructor or assigned later is stored and wins.
     A mutable value (list, dict) is stored the first time it is read, so
     changing it in place sticks as it would with a plain attribute.
@@ -418,7 +391,7 @@ class Response:
         if self.status == 101:
             if self.key is None:
                 raise ValueError("a 101 response needs the request's key")
-            if not _FIELD_VALUE.fullmatch(self.key):
+            if not FIELD_VALUE.fullmatch(self.key):
                 # The key is only hashed, but "CR/LF in anything" is refused
                 # all the same: it is a sign of a forged request object.
                 raise ValueError(f"invalid Sec-WebSocket-Key: {self.key!r}")
@@ -433,7 +406,8 @@ class Response:
             if self.extensions is not None:
                 fields.append(("Sec-WebSocket-Extensions", self.extensions))
         for name, value in self.cookies.items():
-            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            # RFC 6265 4.1.1: cookie-name = token
+            if not isinstance(name, str) or not TOKEN.fullmatch(name):
                 raise ValueError(f"invalid cookie name: {name!r}")
             fields.append(("Set-Cookie", f"{name}={value}"))
         try:

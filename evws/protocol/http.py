@@ -46,6 +46,10 @@ __all__ = [
     "http_error",
     "reason_phrase",
     "DEFAULT_MAX_SIZE",
+    "TOKEN",
+    "FIELD_VALUE",
+    "quoted_string",
+    "split_header_list",
     "DEFAULT_MAX_HEADERS",
 ]
 
@@ -55,16 +59,22 @@ DEFAULT_MAX_HEADERS = 128
 _CRLF = b"\r\n"
 _END_OF_HEAD = b"\r\n\r\n"
 
+# The HTTP grammar, written once for every module of evws (headers,
+# cookies, extension parameters):
 # RFC 7230 3.2.6: token = 1*tchar; tchar = "!" / "#" / "$" / "%" / "&" / "'" /
 # "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN_STR = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+#: ``TOKEN.fullmatch(text)``: is ``text`` an RFC 7230 token?
+TOKEN = re.compile(_TCHAR + "+")
+_TOKEN = re.compile(_TCHAR.encode() + b"+")
 # RFC 7230 3.2: field-value = *( field-content / obs-fold ), restricted here to
 # visible ASCII, SP and HTAB (obs-text, bytes 0x80-0xFF, is refused).
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e]*")
-_FIELD_VALUE_STR = re.compile(r"[\t\x20-\x7e]*")
+_FIELD_CHARS = r"[\t\x20-\x7e]"
+#: ``FIELD_VALUE.fullmatch(text)``: may ``text`` be written as a field value?
+FIELD_VALUE = re.compile(_FIELD_CHARS + "*")
+_FIELD_VALUE = re.compile(_FIELD_CHARS.encode() + b"*")
 # RFC 7230 3.1.1: request-line = method SP request-target SP HTTP-version CRLF
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
+_REQUEST_LINE = re.compile(b"(" + _TCHAR.encode() + rb"+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
 # RFC 7230 3.1.2: status-line = HTTP-version SP status-code SP reason-phrase
 # CRLF. A missing final SP (empty reason) is tolerated: some servers omit it.
 _STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e]*))?")
@@ -72,6 +82,56 @@ _STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e]*))
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 HeadersLike = Union["Headers", Mapping[str, str], Iterable["tuple[str, str]"]]
+
+
+def quoted_string(text: str, start: int) -> tuple[str | None, int]:
+    """Read the RFC 7230 3.2.6 quoted-string that opens at ``text[start]`` (a ``"``).
+
+    Returns ``(value, end)``: the unescaped value (``None`` if the closing
+    quote is missing) and the index just after the string (``len(text)``
+    when unterminated). The one walker of quoted strings: list splitting
+    and extension parameters both use it.
+    """
+    out: list[str] = []
+    i = start + 1
+    n = len(text)
+    while i < n:
+        char = text[i]
+        if char == "\\":
+            if i + 1 == n:
+                break
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if char == '"':
+            return "".join(out), i + 1
+        out.append(char)
+        i += 1
+    return None, n
+
+
+def split_header_list(values: Iterable[str]) -> list[str]:
+    """Split comma-separated header values into stripped, non-empty items.
+
+    RFC 7230 7: a list-valued field may be sent as several fields or as one
+    comma-separated value, and empty elements are to be ignored. Commas inside
+    a quoted string (an extension parameter may be quoted) do not split.
+    """
+    items: list[str] = []
+    for value in values:
+        begin = i = 0
+        n = len(value)
+        while i < n:
+            char = value[i]
+            if char == '"':
+                i = quoted_string(value, i)[1]
+                continue
+            if char == ",":
+                items.append(value[begin:i].strip())
+                begin = i + 1
+            i += 1
+        items.append(value[begin:].strip())
+    return [item for item in items if item]
 
 
 class Headers:
@@ -88,7 +148,7 @@ class Headers:
 
     # One flat list, name, value, name, value...: a kept handshake's headers
     # are held by every idle connection, and a (name, value) tuple per field
-    # would cost 64 bytes more each (issue 4: memory per connection).
+    # would cost 64 bytes more each (evws keeps an idle connection under 3 KiB).
     __slots__ = ("_fields",)
 
     def __init__(self, fields: HeadersLike | None = None) -> None:
@@ -243,9 +303,9 @@ def _check_field(name: str, value: str) -> None:
     # anything reaches the socket.)
     if not isinstance(name, str) or not isinstance(value, str):
         raise ValueError(f"HTTP header name and value must be str, got {name!r}: {value!r}")
-    if not _TOKEN_STR.fullmatch(name):
+    if not TOKEN.fullmatch(name):
         raise ValueError(f"invalid HTTP header name: {name!r}")
-    if not _FIELD_VALUE_STR.fullmatch(value):
+    if not FIELD_VALUE.fullmatch(value):
         raise ValueError(f"invalid HTTP header value for {name}: {value!r}")
 
 
@@ -292,7 +352,7 @@ def serialize_response(
         raise ValueError(f"invalid HTTP status: {status!r}")
     if reason is None:
         reason = reason_phrase(status)
-    if not _FIELD_VALUE_STR.fullmatch(reason):
+    if not FIELD_VALUE.fullmatch(reason):
         raise ValueError(f"invalid HTTP reason phrase: {reason!r}")
     return _serialize_head(f"HTTP/1.1 {status} {reason}", headers, body)
 
@@ -305,7 +365,7 @@ def serialize_request(method: str, target: str, headers: HeadersLike) -> bytes:
             control bytes, or a field that :func:`serialize_response` would
             refuse.
     """
-    if not _TOKEN_STR.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         raise ValueError(f"invalid HTTP method: {method!r}")
     if not re.fullmatch(r"[\x21-\x7e]+", target):
         raise ValueError(f"invalid HTTP request target: {target!r}")
@@ -428,7 +488,7 @@ class _HeadParser:
                 )
             # Interned: the same few names (and short values such as
             # "websocket", "13") would otherwise be held again by every
-            # idle connection's kept Request (issue 4: memory per connection).
+            # idle connection's kept Request (evws keeps an idle connection under 3 KiB).
             text = value.decode("ascii")
             headers.add(sys.intern(name.decode("ascii")),
                         sys.intern(text) if len(text) <= 16 else text)

@@ -15,7 +15,8 @@ order of work inside a turn is fixed and documented:
 4. run the timers that are due.
 
 Running step 1 *before* waiting is what makes "a call deferred while a CondVar
-became ready runs after ``recv()`` returned" hold (see shared/NOTES.md).
+became ready runs after ``recv()`` returned" hold: a loop that waited first
+would run such a call before ``recv()`` could return.
 
 Signals (:meth:`Loop.signal`) are delivered the same way as I/O: the Python
 signal handler does nothing but exist; :func:`signal.set_wakeup_fd` makes the

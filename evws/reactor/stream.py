@@ -13,7 +13,7 @@ nothing about what the bytes mean. Why each piece is here:
 - :meth:`Stream.close` is graceful: flush, ``shutdown(SHUT_WR)``, then read and
   discard until the peer's EOF (bounded by ``linger``), then close. Closing a
   socket that still has unread input makes the kernel send an RST, and an RST
-  can destroy the last bytes we wrote before the peer read them (shared/NOTES.md).
+  can destroy the last bytes we wrote before the peer read them.
 - Read errors and write errors end the stream with ``on_close(error)``;
   "would block" conditions -- including ``ssl.SSLWantReadError`` and
   ``SSLWantWriteError``, which are ``OSError`` subclasses -- just wait.
@@ -408,7 +408,7 @@ class Stream:
             log.debug("shutdown(SHUT_WR) on fd %d failed: %r", self._fd, exc)
 
     def _send_close_notify(self) -> None:
-        """Send TLS close_notify without blocking (NOTES.md: not SHUT_WR alone)."""
+        """Send TLS close_notify without blocking (``SHUT_WR`` alone would drop TLS without it)."""
         try:
             self._sock.unwrap()  # type: ignore[attr-defined]
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
