@@ -344,10 +344,7 @@ class Connection(Emitter):
         Raises:
             ConnectionClosed: the closing handshake has started; nothing more can be sent.
         """
-        protocol = self.protocol
-        if protocol.close_sent is not None or protocol.state is not OPEN:
-            raise ConnectionClosed("cannot send: connection is closed",
-                                   self.close_code, self.close_reason)
+        protocol = self.protocol  # it raises ConnectionClosed once closed
         kind = type(message)
         if kind is Message:
             # The common cases first, without isinstance chains (per-message path).
@@ -411,7 +408,7 @@ class Connection(Emitter):
             opening.timer.cancel()
             opening.timer = None
         # Hold input until _start (``_opening`` stays set until then, and
-        # _process parses nothing more): nothing may overtake the first
+        # _process stops after this event): nothing may overtake the first
         # frames, which wait in the protocol.
         self.stream.pause_reading()
         self._flush()  # the 101 goes out before anything a CondVar callback sends
@@ -511,10 +508,10 @@ class Connection(Emitter):
                 # Messages first, without a call through _handle_event.
                 if type(event) is MessageReceived:
                     self._deliver(event)
-                else:
-                    self._handle_event(event)
-            if (self._read_paused or self._opening is not None) and protocol.input_open:
-                return  # flow control holds input, or _start has not run yet
+                elif self._handle_event(event):
+                    return  # opened: the first frames wait for _start
+            if self._read_paused and protocol.input_open:
+                return
 
     def _on_stream_close(self, error: Optional[BaseException]) -> None:
         """The socket is gone: if the protocol did not finish, this is abnormal (1006)."""
@@ -541,11 +538,9 @@ class Connection(Emitter):
         reading (and parsing) until ``_on_drain``.
         """
         protocol = self.protocol
-        # Asking first skips the data_to_send() call (a new list) when
-        # nothing is queued: measurable on the per-message path.
-        if protocol.has_data_to_send:
+        chunks = protocol.data_to_send()
+        if chunks:
             stream = self.stream
-            chunks = protocol.data_to_send()
             # b"" (end TCP) can only come last: nothing is queued after it.
             if chunks[-1]:
                 try:
@@ -649,8 +644,12 @@ class Connection(Emitter):
             self._close_timer.cancel()
             self._close_timer = None
 
-    def _handle_event(self, event: Any) -> None:
-        """Act on one protocol event (``_process`` delivers messages itself)."""
+    def _handle_event(self, event: Any) -> bool:
+        """Act on one protocol event (``_process`` delivers messages itself).
+
+        Returns True when the connection just opened: parsing must stop
+        until ``_start`` (see ``_opened``).
+        """
         kind = type(event)
         if kind is MessageReceived:
             self._deliver(event)
@@ -665,12 +664,15 @@ class Connection(Emitter):
             self._finish()
         elif kind is RequestReceived:
             self._on_request(event)
+            return True
         elif kind is ResponseReceived:
             self._on_response(event)
+            return True
         elif kind is HandshakeFailed:
             if self._connecting():
                 self._open_failed(event.error)
         # PingReceived: the protocol already answered it.
+        return False
 
     def _deliver(self, event: MessageReceived) -> None:
         """Run next_message then each_message listeners with the message, directly.
@@ -680,7 +682,18 @@ class Connection(Emitter):
         """
         message = _new_message(Message)
         message.opcode, message.body = event
-        handlers = self.take_handlers("next_message") + self.handlers("each_message")
+        # The emitter's storage (a base class of ours): one dict lookup and
+        # one snapshot in the common case, no method calls through emit.
+        registry = self._handlers
+        every = registry.get("each_message")
+        if "next_message" in registry:
+            handlers = registry.pop("next_message").values()
+            if every is not None:
+                handlers += every.values()
+        elif every is not None:
+            handlers = every.values()
+        else:
+            return
         for handler in handlers:
             if self._finished:
                 return

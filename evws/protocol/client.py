@@ -81,6 +81,7 @@ class ClientProtocol(WebSocketProtocol):
     ) -> None:
         super().__init__(CLIENT, max_payload_size=max_payload_size, max_fragments=max_fragments)
         self.state = CONNECTING
+        self._fast_out = False  # no frame before the handshake is done (_check_open)
         self._input_closed = True  # the head parser has the input until the 101
         self.key = key or generate_key()
         self._offered = list(subprotocols)

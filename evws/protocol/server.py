@@ -64,6 +64,7 @@ class ServerProtocol(WebSocketProtocol):
     ) -> None:
         super().__init__(SERVER, max_payload_size=max_payload_size, max_fragments=max_fragments)
         self.state = CONNECTING
+        self._fast_out = False  # no frame before the handshake is done (_check_open)
         self._input_closed = True  # the head parser has the input until accept()
         self.request: Request | None = None
         self.subprotocol: str | None = None

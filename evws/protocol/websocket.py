@@ -854,8 +854,10 @@ class WebSocketProtocol:
     # ----------------------------------------------------------------- helpers
 
     def _check_open(self) -> None:
-        if self.close_sent is not None or self._lost:
-            raise ConnectionClosed(code=self.close_code, reason=self.close_reason or "")
+        if self.close_sent is not None or self._lost or self.state is CONNECTING:
+            raise ConnectionClosed("cannot send: connection is closed" if self.state
+                                   else "cannot send: the opening handshake is not done",
+                                   code=self.close_code, reason=self.close_reason or "")
 
     def _send_close_frame(self, code: int | None, reason: str) -> None:
         payload = serialize_close(code, reason)
