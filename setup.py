@@ -56,7 +56,10 @@ setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
     python_requires=">=3.10",
-    install_requires=["pyee>=11"],
+    # evws.emitter implements pyee's public EventEmitter API itself (no pyee
+    # private is used); tested against pyee 11-13, and tests/test_layering.py
+    # fails if a pyee release adds a public method evws does not implement.
+    install_requires=["pyee>=11,<14"],
     extras_require={
         # h11 does the HTTP/1.1 framing of evws.wsgi (the core does not need it)
         "wsgi": ["h11>=0.14"],

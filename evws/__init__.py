@@ -25,6 +25,7 @@ from .errors import (
     WebSocketError,
 )
 from .message import Message
+from .options import Options
 from .protocol.handshake import Request, Response
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidUTF8",
     "Loop",
     "Message",
+    "Options",
     "PayloadTooBig",
     "ProtocolError",
     "RecursiveWaitError",

@@ -25,7 +25,11 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Mapping, MutableMapping, Optional, TypeVar, overload
 
 from pyee import EventEmitter
-from pyee.base import PyeeError
+
+try:  # pyee >= 12; 11 has only the older name
+    from pyee.base import PyeeError as _Uncaught
+except ImportError:  # pragma: no cover - pyee 11
+    from pyee.base import PyeeException as _Uncaught  # type: ignore[assignment]
 
 __all__ = ["Emitter", "Listener", "Listeners"]
 
@@ -189,7 +193,7 @@ class Emitter(EventEmitter):
         """Call the listeners of ``event``; True if there was any.
 
         As in pyee, an ``error`` event without listeners raises its argument
-        (or a ``PyeeError``).
+        (or pyee's ``PyeeError``).
         """
         handlers = self._handlers.get(event)
         if not handlers:
@@ -197,7 +201,7 @@ class Emitter(EventEmitter):
                 error = args[0] if args else None
                 if isinstance(error, Exception):
                     raise error
-                raise PyeeError(f"Uncaught, unspecified 'error' event: {error}")
+                raise _Uncaught(f"Uncaught, unspecified 'error' event: {error}")
             return False
         for f in handlers.values():
             self._emit_run(f, args, kwargs)
