@@ -402,13 +402,16 @@ class Supervisor:
             which the supervisor gives up and returns 1.
         backoff: the first restart delay; it doubles with each start-up
             failure in a row, up to ``max_backoff``.
+        on_ready: called (in the supervisor, on its loop) once, when every
+            slot's first worker is ready: the port is served from then on.
     """
 
     def __init__(self, main: Callable[[WorkerContext], Any], workers: int = 2, *,
                  heartbeat_interval: float = 1.0, heartbeat_timeout: float = 10.0,
                  graceful_timeout: float = 10.0, startup_timeout: float = 30.0,
                  min_uptime: float = 1.0, max_startup_failures: int = 5,
-                 backoff: float = 0.1, max_backoff: float = 10.0) -> None:
+                 backoff: float = 0.1, max_backoff: float = 10.0,
+                 on_ready: Optional[Callable[[], Any]] = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         for name, value in (("heartbeat_interval", heartbeat_interval),
@@ -429,6 +432,8 @@ class Supervisor:
         self.max_startup_failures = max_startup_failures
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.on_ready = on_ready
+        self._all_ready = False
         self.loop: Optional[Loop] = None
         self.status = 0
         self._slots = [_Slot(i) for i in range(workers)]
@@ -592,6 +597,14 @@ class Supervisor:
         log.info("%r ready", worker)
         if worker.retiring:
             return
+        if not self._all_ready and all(s.current is not None and s.current.ready_at is not None
+                                       for s in self._slots):
+            self._all_ready = True
+            if self.on_ready is not None:
+                try:
+                    self.on_ready()
+                except Exception:
+                    log.exception("on_ready callback %r failed", self.on_ready)
         if worker is self._roll_new:
             slot = self._slots[worker.slot]
             old = slot.current
