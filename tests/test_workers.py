@@ -355,3 +355,31 @@ def test_sighup_restarts_one_worker_at_a_time_old_connections_get_1012(loop):
         assert sup.wait() == 0
         before, after = fds_line(sup)
         assert after == before
+
+
+def test_chat_example_with_workers(loop):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "chat.py"), "--port", "0",
+                             "--workers", "2"], env=ENV, text=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines = Lines(proc.stderr)
+    try:
+        match = lines.wait_for(r"chat on http://127\.0\.0\.1:(\d+)/ .* with 2 workers, one room each")
+        port = int(match.group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as page:
+            page.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            body = b""
+            while chunk := page.recv(65536):
+                body += chunk
+        assert body.startswith(b"HTTP/1.1 200") and b"evws chat" in body
+        conn = evws.connect(f"ws://127.0.0.1:{port}/ws", loop=loop, timeout=5).recv(timeout=5)
+        assert ask(loop, conn, "hello room") == "hello room"  # the sender is in its room
+        codes: list[int | None] = []
+        conn.on("finish", lambda c: codes.append(c.close_code))
+        proc.send_signal(signal.SIGTERM)
+        run_until(loop, lambda: bool(codes))
+        assert codes == [1001]
+        assert proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
