@@ -692,11 +692,7 @@ class Supervisor:
         slot.failures = slot.failures + 1 if early else 0
         if worker is self._roll_new:
             self._roll_new = None
-            if self._roll:
-                log.error("rolling restart aborted: the new worker %d failed; "
-                          "the other workers keep serving", slot.index)
-            self._roll.clear()
-            self._loop_call(self._roll_step)
+            self._abort_roll(f"the new worker {slot.index} failed")
         if slot.failures >= self.max_startup_failures:
             log.error("giving up: worker %d died %d times in a row at start-up",
                       slot.index, slot.failures)
@@ -711,8 +707,20 @@ class Supervisor:
 
     def _restart(self, slot: _Slot) -> None:
         slot.restart_timer = None
-        if not self._stopping and slot.current is None:
+        if self._stopping or slot.current is not None:
+            return
+        try:
             self._spawn(slot)
+        except OSError as exc:  # fork failed (EAGAIN, ENOMEM): try again later
+            delay = self.max_backoff
+            log.error("cannot start worker %d (%s); again in %.1f s", slot.index, exc, delay)
+            assert self.loop is not None
+            slot.restart_timer = self.loop.timer(delay, lambda: self._restart(slot))
+
+    def _abort_roll(self, why: str) -> None:
+        log.error("rolling restart aborted: %s; the other workers keep serving", why)
+        self._roll.clear()
+        self._loop_call(self._roll_step)
 
     def _roll_step(self) -> None:
         """Start the next slot of a rolling restart, or finish it."""
@@ -722,7 +730,10 @@ class Supervisor:
             slot = self._slots[self._roll.popleft()]
             if slot.current is None or slot.current.ready_at is None:
                 continue  # coming up anyway (crashed and restarting): new code already
-            self._roll_new = self._spawn(slot, replacement=True)
+            try:
+                self._roll_new = self._spawn(slot, replacement=True)
+            except OSError as exc:
+                self._abort_roll(f"cannot start a new worker {slot.index} ({exc})")
             return
         if self._rolling:
             self._rolling = False

@@ -357,6 +357,21 @@ def test_sighup_restarts_one_worker_at_a_time_old_connections_get_1012(loop):
         assert after == before
 
 
+def test_a_rolling_restart_whose_new_worker_fails_keeps_the_old_ones(loop):
+    with supervised("--crash-on-restart") as sup:
+        old = dict(sup.pids)
+        clients = clients_on(loop, sup.port, set(old.values()))
+        sup.signal(signal.SIGHUP)
+        sup.lines.wait_for(r"rolling restart aborted: the new worker 0 failed")
+        sup.lines.wait_for(r"rolling restart done")
+        # Nobody was told to stop: the old workers and their connections are there.
+        for pid, conn in clients.items():
+            assert worker_pid(loop, conn) == pid
+        assert "stopping" not in "".join(sup.lines.seen)
+        sup.signal(signal.SIGTERM)
+        assert sup.wait() == 0
+
+
 def test_chat_example_with_workers(loop):
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "chat.py"), "--port", "0",
                              "--workers", "2"], env=ENV, text=True, stdin=subprocess.DEVNULL,

@@ -28,6 +28,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--crash-at-start", action="store_true")
+    parser.add_argument("--crash-on-restart", action="store_true",
+                        help="every worker after a slot's first fails at start-up")
     parser.add_argument("--fds", action="store_true")
     parser.add_argument("--heartbeat-interval", type=float, default=0.2)
     parser.add_argument("--heartbeat-timeout", type=float, default=1.0)
@@ -42,7 +44,7 @@ def main() -> int:
 
     def worker(ctx: evws.WorkerContext) -> None:
         reservation.close()  # the supervisor's; a worker has its own listener
-        if args.crash_at_start:
+        if args.crash_at_start or (args.crash_on_restart and ctx.generation > 0):
             raise RuntimeError("broken at start-up")
         server = evws.Server(ping_interval=None, close_timeout=2.0)
 
