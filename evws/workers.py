@@ -654,6 +654,9 @@ class Supervisor:
                 if now - worker.started > self.startup_timeout:
                     self._kill(worker, f"not ready within {self.startup_timeout} s")
                 continue
+            slot = self._slots[worker.slot]
+            if slot.current is worker and slot.failures and now - worker.started >= self.min_uptime:
+                slot.failures = 0  # it came up and stayed up: the crash loop is over
             silent = now - worker.last_heard
             if silent > self.heartbeat_timeout:
                 self._kill(worker, f"hung: no heartbeat answer for {silent:.1f} s")
