@@ -31,6 +31,8 @@ from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.tcp import TcpServer, tcp_server
 from .server import Server
+from .workers import Supervisor, WorkerContext
+from .workers import run as run_workers
 
 __version__ = "0.1.0"
 
@@ -56,12 +58,15 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "Supervisor",
     "TcpServer",
     "WaitTimeout",
     "WebSocketError",
+    "WorkerContext",
     "connect",
     "connection_pair",
     "get_loop",
+    "run_workers",
     "tcp_server",
     "__version__",
 ]

@@ -16,6 +16,11 @@ and piping all work while messages arrive. A regular file or ``/dev/null``
 as stdin cannot be watched by epoll; it is then read a chunk per loop turn
 (reading a file never blocks for long). EOF on stdin closes the connection
 with 1000 and the command exits once the closing handshake is over.
+
+``serve --workers N`` runs the same server in N processes under
+:mod:`evws.workers` (each with its own ``SO_REUSEPORT`` listener on one port
+the supervisor reserved); the "listening" line is printed once every worker
+is ready, and the supervisor's events go to stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from .message import Message
 from .reactor.condvar import CondVar
 from .reactor.loop import Handle, IoWatcher, Loop, get_loop
 from .server import Server
+from .workers import WorkerContext, reserve_port
+from .workers import run as run_workers
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -58,6 +65,13 @@ def _err(text: str) -> None:
 
 
 def _payload_size(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _worker_count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
@@ -96,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="port to listen on (default 8765; 0 picks a free port)")
     serve.add_argument("--broadcast", action="store_true",
                        help="send each message to every connected client instead of echoing it")
+    serve.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                       help="run N worker processes on the port (SO_REUSEPORT), supervised: "
+                            "a worker that dies or hangs is replaced, SIGTERM/SIGINT stop them "
+                            "all (close 1001), SIGHUP restarts them one by one (close 1012). "
+                            "With --broadcast a message reaches the clients of its own worker "
+                            "only (default 0: one process, no supervisor)")
     serve.add_argument("--tls-cert", metavar="PEM",
                        help="certificate chain (PEM) for wss://; may hold the key too")
     serve.add_argument("--tls-key", metavar="PEM", help="private key (PEM), if not in --tls-cert")
@@ -168,9 +188,12 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
-    """``serve``: echo or broadcast until SIGINT/SIGTERM; returns the exit status."""
-    loop = loop or get_loop()
+def _make_server(args: argparse.Namespace, loop: Loop) -> Server:
+    """The ``serve`` server: subprotocols, payload limit, compression and TLS from ``args``.
+
+    Raises:
+        OSError, ValueError: the TLS files cannot be used.
+    """
     subprotocols: list[str] = args.subprotocol
 
     def handshake(request: Any, response: Any) -> Any:
@@ -180,17 +203,17 @@ def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
                 break
         return response
 
-    try:
-        server = Server(handshake=handshake if subprotocols else None,
-                        max_payload_size=args.max_payload_size or None,
-                        compression=None if args.no_compression else "deflate",
-                        ssl_cert_file=args.tls_cert, ssl_key_file=args.tls_key, loop=loop)
-    except (OSError, ValueError) as exc:
-        _err(f"cannot set up TLS: {exc}")
-        return 1
+    return Server(handshake=handshake if subprotocols else None,
+                  max_payload_size=args.max_payload_size or None,
+                  compression=None if args.no_compression else "deflate",
+                  ssl_cert_file=args.tls_cert, ssl_key_file=args.tls_key, loop=loop)
+
+
+def _accept_callback(server: Server, broadcast: bool) -> Callable[[Any, str, int], None]:
+    """The ``tcp_server`` callback: handshake, then echo (or broadcast) every message."""
 
     def on_message(conn: Connection, message: Message) -> None:
-        targets = server.connections if args.broadcast else (conn,)
+        targets = server.connections if broadcast else (conn,)
         for target in targets:
             if target.is_write_open:
                 try:
@@ -219,14 +242,38 @@ def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
 
         server.establish(sock).cb(established)
 
+    return on_accept
+
+
+def _listening(args: argparse.Namespace, tls: bool, port: int, workers: int = 0) -> None:
+    scheme = "wss" if tls else "ws"
+    mode = "broadcast" if args.broadcast else "echo"
+    detail = ""
+    if workers:
+        detail = f" ({workers} worker process{'es' if workers > 1 else ''}"
+        if args.broadcast and workers > 1:
+            detail += "; a broadcast reaches the clients of its own worker only"
+        detail += ")"
+    _err(f"{mode} server listening on {scheme}://{_url_host(args.host)}:{port}/{detail}")
+
+
+def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
+    """``serve``: echo or broadcast until SIGINT/SIGTERM; returns the exit status."""
+    if args.workers:
+        return _serve_workers(args)
+    loop = loop or get_loop()
     try:
-        listener = server.listen(args.host or None, args.port, on_accept)
+        server = _make_server(args, loop)
+    except (OSError, ValueError) as exc:
+        _err(f"cannot set up TLS: {exc}")
+        return 1
+    try:
+        listener = server.listen(args.host or None, args.port,
+                                 _accept_callback(server, args.broadcast))
     except OSError as exc:
         _err(f"cannot listen on {args.host or '*'}:{args.port}: {exc}")
         return 1
-    scheme = "wss" if server.ssl_context is not None else "ws"
-    mode = "broadcast" if args.broadcast else "echo"
-    _err(f"{mode} server listening on {scheme}://{_url_host(args.host)}:{listener.port}/")
+    _listening(args, server.ssl_context is not None, listener.port)
 
     def stop(signum: int) -> None:
         _err(f"signal {signum}: closing connections")
@@ -241,6 +288,47 @@ def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
             watcher.cancel()
         listener.close()
     return 0
+
+
+#: seconds a stopping worker has before SIGKILL; its server gets 80% (as the
+#: single process's 5 s shutdown timeout)
+WORKER_GRACEFUL_TIMEOUT = 6.25
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``serve --workers N``: the same server in N supervised processes on one port."""
+    # Refuse bad TLS files here, once, rather than in a crash loop of workers.
+    check_loop = Loop()
+    try:
+        tls = _make_server(args, check_loop).ssl_context is not None
+    except (OSError, ValueError) as exc:
+        _err(f"cannot set up TLS: {exc}")
+        return 1
+    finally:
+        check_loop.close()
+    try:
+        reservation = reserve_port(args.host or None, args.port)
+    except OSError as exc:
+        _err(f"cannot listen on {args.host or '*'}:{args.port}: {exc}")
+        return 1
+    port = reservation.getsockname()[1]
+    if not args.verbose:  # with --verbose the evws logger already prints them
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("evws: %(message)s"))
+        workers_log = logging.getLogger("evws.workers")
+        workers_log.addHandler(handler)
+        workers_log.setLevel(logging.INFO)
+
+    def worker(ctx: WorkerContext) -> None:
+        reservation.close()  # the supervisor's; each worker binds its own listener
+        server = _make_server(args, ctx.loop)
+        ctx.listen(server, args.host or None, port, _accept_callback(server, args.broadcast))
+
+    try:
+        return run_workers(worker, args.workers, graceful_timeout=WORKER_GRACEFUL_TIMEOUT,
+                           on_ready=lambda: _listening(args, tls, port, args.workers))
+    finally:
+        reservation.close()
 
 
 # -- connect ----------------------------------------------------------------------

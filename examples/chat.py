@@ -8,6 +8,12 @@ included: text as text, binary as binary. The page is a plain WSGI app run by
 in two browser tabs::
 
     python3 examples/chat.py --port 8000
+
+``--workers N`` runs N supervised worker processes on the port (see
+``evws.workers``; each binds its own ``SO_REUSEPORT`` listener). Each worker
+has its own room: two browsers that land on different workers do not see each
+other's messages. SIGTERM/Ctrl-C closes every connection with 1001, SIGHUP
+restarts the workers one by one (their connections close with 1012).
 """
 
 import argparse
@@ -16,6 +22,7 @@ import sys
 from http import HTTPStatus
 
 import evws
+import evws.workers
 import evws.wsgi
 
 log = logging.getLogger("chat")
@@ -125,19 +132,45 @@ def make_app(server):
     return app
 
 
+def serve_worker(ctx, host, port, reservation):
+    """One worker of ``--workers N``: the page and its own room, on its own listener."""
+    reservation.close()  # the supervisor's port reservation; this worker listens itself
+    server = evws.Server(max_payload_size=1 << 20, loop=ctx.loop)
+    http = evws.wsgi.WSGIServer(make_app(server), loop=ctx.loop)
+    http.listener = evws.tcp_server(host, port, http.handle, loop=ctx.loop, reuse_port=True)
+    ctx.add_server(server)  # stop: close the room's connections (1001, or 1012 on SIGHUP)
+    ctx.on_stop(lambda code, reason: http.close())  # and the page's listener
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes on the port, each with its own room "
+                             "(default 0: one process)")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    def announce(port, detail=""):
+        print(f"chat on http://{args.host}:{port}/ (WebSocket ws://{args.host}:{port}/ws){detail}",
+              file=sys.stderr, flush=True)
+
+    if args.workers:
+        logging.getLogger("evws.workers").setLevel(logging.INFO)
+        reservation = evws.workers.reserve_port(args.host, args.port)
+        port = reservation.getsockname()[1]
+        status = evws.run_workers(
+            lambda ctx: serve_worker(ctx, args.host, port, reservation), args.workers,
+            on_ready=lambda: announce(port, f" with {args.workers} workers, one room each"))
+        reservation.close()
+        sys.exit(status)
+
     server = evws.Server(max_payload_size=1 << 20)
     http = evws.wsgi.serve(make_app(server), args.host, args.port)
-    print(f"chat on http://{args.host}:{http.port}/ (WebSocket ws://{args.host}:{http.port}/ws)",
-          file=sys.stderr, flush=True)
+    announce(http.port)
     try:
         evws.get_loop().run()
     except KeyboardInterrupt:

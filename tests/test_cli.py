@@ -113,7 +113,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("command, options", [
-    ("serve", ["--host", "--port", "--broadcast", "--tls-cert", "--tls-key", "--subprotocol",
+    ("serve", ["--host", "--port", "--broadcast", "--workers", "SIGHUP", "--tls-cert", "--tls-key", "--subprotocol",
                "--max-payload-size", "--no-compression", "--verbose"]),
     ("connect", ["url", "--binary", "--header", "--subprotocol", "--origin", "--cafile",
                  "--insecure", "--timeout", "--max-payload-size", "--no-compression",
@@ -235,6 +235,51 @@ def test_verbose_is_off_by_default():
         assert result.returncode == 0
         assert b"DEBUG" not in result.stderr and b"INFO" not in result.stderr
     assert not any("INFO" in line or "DEBUG" in line for line in err.seen)
+
+
+def _echo(loop, conn, text: str) -> str | None:
+    got: list[str] = []
+    conn.on("next_message", lambda c, m: got.append(m.decoded_body))
+    conn.send(text)
+    run_until(loop, lambda: bool(got) or not conn.is_read_open)
+    return got[0] if got else None
+
+
+def test_serve_workers_sighup_closes_with_1012_and_sigterm_with_1001(loop):
+    with cli_server("--workers", "2") as (url, proc, err):
+        assert "(2 worker processes)" in err.seen[-1]
+        conns = [evws.connect(url, loop=loop, timeout=5).recv(timeout=5) for _ in range(4)]
+        codes: list[int | None] = []
+        for conn in conns:
+            assert _echo(loop, conn, "hi") == "hi"
+            conn.on("finish", lambda c: codes.append(c.close_code))
+        proc.send_signal(signal.SIGHUP)
+        run_until(loop, lambda: len(codes) == 4, TIMEOUT)
+        assert codes == [1012] * 4
+        err.wait_for(r"evws: rolling restart done")
+        conn = evws.connect(url, loop=loop, timeout=5).recv(timeout=5)
+        assert _echo(loop, conn, "again") == "again"
+        conn.on("finish", lambda c: codes.append(c.close_code))
+        proc.send_signal(signal.SIGTERM)
+        run_until(loop, lambda: len(codes) == 5, TIMEOUT)
+        assert codes[-1] == 1001 and conn.close_reason == "server shutting down"
+        assert proc.wait(timeout=TIMEOUT) == 0
+        err.wait_for(r"evws: all workers stopped")
+
+
+def test_serve_workers_broadcast_says_it_is_per_worker():
+    with cli_server("--workers", "2", "--broadcast") as (url, _proc, err):
+        assert "a broadcast reaches the clients of its own worker only" in err.seen[-1]
+        result = run_connect(url, stdin=b"x\n")
+        assert result.returncode == 0 and result.stdout == b"x\n"
+
+
+def test_serve_workers_bad_tls_files_exit_1_at_once(tmp_path):
+    missing = str(tmp_path / "missing.pem")
+    result = subprocess.run(evws_cmd("serve", "--port", "0", "--workers", "2", "--tls-cert", missing),
+                            env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert "cannot set up TLS" in result.stderr and "worker" not in result.stderr
 
 
 # -- connect against in-process servers ----------------------------------------------

@@ -23,9 +23,10 @@ from evws.emitter import Emitter
 
 ROOT = pathlib.Path(evws.__file__).parent
 
-# Private names of other projects that have no public spelling: typeshed's
-# types of zlib's compress/decompress objects (annotations only).
-ALLOWED = {"_Compress", "_Decompress"}
+# Names of other projects that start with an underscore but are theirs to
+# use: typeshed's types of zlib's compress/decompress objects (annotations
+# only), and os._exit, the documented way for a forked child to end.
+ALLOWED = {"_Compress", "_Decompress", "_exit"}
 
 
 def _module_name(path: pathlib.Path) -> str:

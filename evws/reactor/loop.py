@@ -48,7 +48,7 @@ import time as _time
 from collections import deque
 from typing import Any, Callable
 
-__all__ = ["Loop", "get_loop", "IoWatcher", "Timer", "Handle", "SignalWatcher"]
+__all__ = ["Loop", "get_loop", "set_loop", "IoWatcher", "Timer", "Handle", "SignalWatcher"]
 
 log = logging.getLogger("evws.loop")
 
@@ -674,6 +674,19 @@ class Loop:
         self._deferred.clear()
         self._selector.close()
 
+    def abandon(self) -> None:
+        """Close a loop inherited through ``fork`` without touching the parent's.
+
+        The child shares the parent's epoll instance: closing our descriptor
+        of it first means that closing the loop (which unregisters its
+        signal wakeup socket) cannot remove anything from the parent's
+        registrations.
+        """
+        if self._closed:
+            return
+        self._selector.close()
+        self.close()
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the loop is closed")
@@ -687,6 +700,17 @@ class Loop:
 _local = threading.local()
 # The loop that owns the process-wide signal wakeup fd, if any.
 _signal_loop: Loop | None = None
+
+
+def set_loop(loop: Loop | None) -> Loop | None:
+    """Make ``loop`` this thread's default loop (``None``: none); return the previous one.
+
+    For a process that starts afresh with a loop of its own (a forked
+    worker), so that code calling :func:`get_loop` finds it.
+    """
+    previous: Loop | None = getattr(_local, "loop", None)
+    _local.loop = loop
+    return previous
 
 
 def get_loop() -> Loop:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from .condvar import CondVar
 from .loop import IoWatcher, Loop, Timer, get_loop
 
-__all__ = ["tcp_server", "TcpServer", "tcp_connect"]
+__all__ = ["tcp_server", "TcpServer", "tcp_connect", "listen_socket"]
 
 log = logging.getLogger("evws.tcp")
 
@@ -45,7 +45,37 @@ def _set_nodelay(sock: socket.socket) -> None:
         pass  # not TCP (e.g. a Unix socket): nothing to tune
 
 
-def _listen_socket(host: str | None, port: int, backlog: int) -> socket.socket:
+def _check_reuse_port() -> None:
+    """Refuse ``reuse_port=True`` up front where the platform has no SO_REUSEPORT.
+
+    Checked before any socket is made, so the dual-stack fallback below cannot
+    swallow the failure and quietly bind a port that is not shared.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError(errno.ENOPROTOOPT,
+                      "reuse_port=True needs SO_REUSEPORT, which this platform does not have")
+
+
+def _prepare(sock: socket.socket, reuse_port: bool) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        except OSError as exc:
+            raise OSError(exc.errno or errno.ENOPROTOOPT,
+                          f"reuse_port=True: setting SO_REUSEPORT failed: {exc}") from exc
+
+
+def listen_socket(host: str | None, port: int, backlog: int, reuse_port: bool = False,
+                   listen: bool = True) -> socket.socket:
+    """A bound (and, unless ``listen`` is false, listening) socket for ``host:port``.
+
+    ``listen=False`` leaves it bound only: with ``reuse_port`` that reserves a
+    port for other SO_REUSEPORT listeners without taking any of its
+    connections (see :func:`evws.workers.reserve_port`).
+    """
+    if reuse_port:
+        _check_reuse_port()
     if host is None:
         # All interfaces: dual-stack "::" if the system has IPv6, else IPv4.
         if socket.has_ipv6:
@@ -56,9 +86,10 @@ def _listen_socket(host: str | None, port: int, backlog: int) -> socket.socket:
             else:
                 try:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    _prepare(sock, reuse_port)
                     sock.bind(("::", port))
-                    sock.listen(backlog)
+                    if listen:
+                        sock.listen(backlog)
                     return sock
                 except OSError:
                     sock.close()
@@ -70,9 +101,10 @@ def _listen_socket(host: str | None, port: int, backlog: int) -> socket.socket:
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _prepare(sock, reuse_port)
             sock.bind(addr)
-            sock.listen(backlog)
+            if listen:
+                sock.listen(backlog)
             return sock
         except OSError as exc:
             sock.close()
@@ -165,7 +197,8 @@ class TcpServer:
 
 def tcp_server(host: str | None, port: int,
                fn: Callable[[socket.socket, str, int], Any], *,
-               loop: Loop | None = None, backlog: int = 1024) -> TcpServer:
+               loop: Loop | None = None, backlog: int = 1024,
+               reuse_port: bool = False) -> TcpServer:
     """Listen on ``host:port`` and call ``fn(sock, peer_host, peer_port)`` per connection.
 
     Args:
@@ -174,12 +207,18 @@ def tcp_server(host: str | None, port: int,
         port: ``0`` = any free port (read it back from ``.port``).
         fn: receives each accepted socket (non-blocking, ``TCP_NODELAY``);
             an exception it raises is logged and the socket left alone.
+        reuse_port: set ``SO_REUSEPORT``, so that several listeners (one per
+            worker process, see :mod:`evws.workers`) share the port and the
+            kernel spreads new connections over them. Every listener of the
+            port must set it (and, on Linux, belong to the same user).
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound, or ``reuse_port=True`` where the
+            platform has no ``SO_REUSEPORT`` (``errno.ENOPROTOOPT``, with a
+            message that says so).
     """
     loop = loop if loop is not None else get_loop()
-    sock = _listen_socket(host, port, backlog)
+    sock = listen_socket(host, port, backlog, reuse_port)
     return TcpServer(loop, [sock], fn)
 
 
