@@ -560,3 +560,28 @@ class Connection(EventEmitter):
         side = "client" if self.masked else "server"
         state = "finished" if self._finished else ("open" if self.is_write_open else "closing")
         return f"<evws.Connection {side} {state}>"
+
+    # -- shared frames (evws.broadcast) ------------------------------------
+
+    @property
+    def accepts_prepared(self) -> bool:
+        """True when frames encoded once for many connections can go to this one as they are.
+
+        A server-side connection without permessage-deflate does; a
+        client-side one (each frame masked with a fresh key) or one with
+        deflate (a per-connection compression context) gets ``send``.
+        """
+        return self.protocol.accepts_frame_bytes
+
+    def send_prepared(self, chunks: tuple[bytes, ...] | list[bytes]) -> None:
+        """Write frames encoded once for many connections (see ``evws.broadcast``).
+
+        Raises:
+            ConnectionClosed: the closing handshake has started.
+            ValueError: this connection does not :attr:`accepts_prepared`.
+        """
+        if not self.is_write_open:
+            raise ConnectionClosed("cannot send: connection is closed",
+                                   self.close_code, self.close_reason)
+        self.protocol.send_frame_bytes(chunks)
+        self._flush()
