@@ -167,6 +167,7 @@ class RedisBroker(Broker):
         self._rooms: dict[str, _Room] = {}
         self._by_channel: dict[bytes, _Room] = {}
         self._confirming: dict[bytes, int] = {}  # SUBSCRIBEs sent, not yet confirmed
+        self._settling: set[str] = set()  # rooms whose subscription is not confirmed yet
         self._pending: deque[tuple[str, bytes, int]] = deque()   # (room, command, size)
         self._in_flight: deque[tuple[str, bytes, int]] = deque()
         self._pending_bytes = 0
@@ -214,6 +215,7 @@ class RedisBroker(Broker):
     def _link_down(self, link: RedisLink, error: BaseException) -> None:
         if link is self._sub:
             self._confirming.clear()
+            self._settling = set(self._rooms)
             for room in self._rooms.values():
                 room.state = "down"
                 room.held.clear()
@@ -260,11 +262,29 @@ class RedisBroker(Broker):
                 self._baseline(room)
             elif waiting == "fetch":
                 self._fetch(room, room.last_raw, first=room.check)
+        self._flush_pending()
+        self._update_health()
+
+    def _flush_pending(self) -> None:
+        """Send the publishes that waited, in order, once this process listens.
+
+        Publishes wait while a subscription of this process is not confirmed
+        (a room just joined, or every room after a reconnect), so that its own
+        members get what is published after they joined: PUBLISH and
+        SUBSCRIBE travel on different connections and Redis could otherwise
+        run the PUBLISH first. Other processes get a message if they are
+        subscribed by then (plain rooms are at most once; recoverable rooms
+        catch up from the stream either way).
+        """
+        if not self._pending or not self._cmd.ready:
+            return
+        if self._settling or (self._rooms and not self._sub.ready):
+            return
+        link = self._cmd
         while self._pending:
             item = self._pending.popleft()
             self._in_flight.append(item)
             link.send_packed(item[1], self._published)
-        self._update_health()
 
     def publish(self, room: str, opcode: int, payload: bytes, recoverable: bool) -> None:
         if self._closed:
@@ -286,13 +306,9 @@ class RedisBroker(Broker):
                             channel, head, payload, self.stream_maxlen))
         else:
             command = pack(("PUBLISH", channel, head + b"\x00" + payload))
-        item = (room, command, size)
         self._pending_bytes += size
-        if self._cmd.ready and not self._pending:
-            self._in_flight.append(item)
-            self._cmd.send_packed(command, self._published)
-        else:
-            self._pending.append(item)
+        self._pending.append((room, command, size))
+        self._flush_pending()
 
     def _published(self, reply: Any) -> None:
         room, _, size = self._in_flight.popleft()
@@ -310,6 +326,7 @@ class RedisBroker(Broker):
         state = _Room(room, self.prefix, recoverable)
         self._rooms[room] = state
         self._by_channel[state.channel] = state
+        self._settling.add(room)
         if recoverable:
             self._baseline(state)
         elif self._sub.ready:
@@ -322,8 +339,10 @@ class RedisBroker(Broker):
         if self._by_channel.get(state.channel) is state:
             del self._by_channel[state.channel]
         state.state = "gone"
+        self._settling.discard(room)
         if self._sub.ready:
             self._sub.send(("UNSUBSCRIBE", state.channel))
+        self._flush_pending()
 
     def _current(self, room: _Room) -> bool:
         return self._rooms.get(room.name) is room
@@ -506,10 +525,13 @@ class RedisBroker(Broker):
                 self._confirming.pop(channel, None)
                 room = by_channel.get(channel)
                 if room is not None and room.state == "subscribing":
+                    self._settling.discard(room.name)
                     if room.recoverable:
                         self._fetch(room, room.last_raw, first=True)
                     else:
                         room.state = "live"
+                    if self._pending:
+                        self._flush_pending()
         hub = self.hub
         if hub is not None:
             for name, batch in batches.items():
