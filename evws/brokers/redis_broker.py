@@ -177,10 +177,10 @@ class RedisBroker(Broker):
             connect_timeout=connect_timeout, ping_interval=ping_interval,
             ping_timeout=ping_timeout, keepalive_idle=keepalive_idle,
             backoff_initial=backoff_initial, backoff_max=backoff_max)
-        self._sub = RedisLink(self.address, self.loop, name=default_name("sub"),
+        self._sub = RedisLink(self.address, self.loop, name=default_name("sub", self.origin.hex()[:8]),
                               on_ready=self._sub_ready, on_down=self._link_down,
                               on_push=self._on_push, **options)
-        self._cmd = RedisLink(self.address, self.loop, name=default_name("pub"),
+        self._cmd = RedisLink(self.address, self.loop, name=default_name("pub", self.origin.hex()[:8]),
                               on_ready=self._cmd_ready, on_down=self._link_down,
                               setup=self._cmd_setup, **options)
         self._sub.start()
@@ -204,7 +204,7 @@ class RedisBroker(Broker):
             return
         self._healthy = healthy
         if healthy:
-            log.warning("Redis at %s:%d: connected (subscriber and publisher)",
+            log.info("Redis at %s:%d: connected (subscriber and publisher)",
                         self.address.host, self.address.port)
         else:
             log.warning("Redis at %s:%d: down (%s); %d publish(es) waiting",

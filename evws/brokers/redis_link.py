@@ -376,6 +376,6 @@ class RedisLink:
         return f"<RedisLink {self.name} {self.address.host}:{self.address.port} {state}>"
 
 
-def default_name(role: str) -> str:
-    """A ``CLIENT SETNAME`` that tells processes apart: ``evws-<role>-<pid>``."""
-    return f"evws-{role}-{os.getpid()}"
+def default_name(role: str, tag: str) -> str:
+    """A ``CLIENT SETNAME`` that tells processes and brokers apart: ``evws-<role>-<pid>-<tag>``."""
+    return f"evws-{role}-{os.getpid()}-{tag}"
