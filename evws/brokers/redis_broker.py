@@ -219,6 +219,10 @@ class RedisBroker(Broker):
             for room in self._rooms.values():
                 room.state = "down"
                 room.held.clear()
+                if room.waiting == "fetch":
+                    room.waiting = None  # the fetch follows the new SUBSCRIBE
+                if room.last is not None:
+                    room.initial = False  # what follows is a recovery, checked and reported
         else:
             # Written but unanswered: resend after the reconnect, first (the
             # receivers' seq check drops it if it did reach Redis).
@@ -396,7 +400,7 @@ class RedisBroker(Broker):
         if not self._cmd.ready:
             room.waiting = "fetch"
             return
-        bound = start if first else b"(" + start
+        bound = start if first or start == b"-" else b"(" + start
 
         def got(reply: Any) -> None:
             if not self._current(room) or room.state != "fetching":
