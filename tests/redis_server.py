@@ -1,6 +1,6 @@
 """A real ``redis-server`` for the Hub tests: own instance, free loopback port, no persistence.
 
-``redis_server`` (a pytest fixture) starts one per test and stops it at
+``serve()`` (the body of the test modules' ``redis`` fixture) starts one per test and stops it at
 teardown; it skips the test, saying why, only when ``redis-server`` is not
 installed (``.ci/run`` installs the Debian package) or ``hiredis`` is
 missing. Readiness is read from the server's own log line ("Ready to accept
@@ -170,17 +170,15 @@ def _require() -> str:
     return binary
 
 
-@pytest.fixture
-def redis_server():
-    server = RedisServer(_require())
-    server.start()
-    yield server
-    server.cleanup()
+def serve(password: Optional[str] = None):  # type: ignore[no-untyped-def]
+    """The body of a test module's fixture: ``yield from serve()``.
 
-
-@pytest.fixture
-def redis_server_with_password():
-    server = RedisServer(_require(), password="s3cret/p@ss word")
+    (A fixture defined here and imported into the test modules would be
+    shadowed by every test's parameter of the same name, which linters flag.)
+    """
+    server = RedisServer(_require(), password=password)
     server.start()
-    yield server
-    server.cleanup()
+    try:
+        yield server
+    finally:
+        server.cleanup()

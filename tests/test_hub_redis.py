@@ -17,9 +17,19 @@ import pytest
 import evws
 from evws.brokers.redis_link import parse_redis_url
 from tests.conftest import run_until
-from tests.redis_server import redis_server, redis_server_with_password  # noqa: F401
+from tests.redis_server import serve
 
 FAST = dict(backoff_initial=0.02, backoff_max=0.2)
+
+
+@pytest.fixture
+def redis():
+    yield from serve()
+
+
+@pytest.fixture
+def redis_with_password():
+    yield from serve(password="s3cret/p@ss word")
 
 
 def make_hub(loop, url, **options):
@@ -51,9 +61,9 @@ def test_url_parsing():
             parse_redis_url(bad)
 
 
-def test_a_message_reaches_the_members_of_both_hubs_once(loop, redis_server):
-    hub_a = make_hub(loop, redis_server.url)
-    hub_b = make_hub(loop, redis_server.url)
+def test_a_message_reaches_the_members_of_both_hubs_once(loop, redis):
+    hub_a = make_hub(loop, redis.url)
+    hub_b = make_hub(loop, redis.url)
     a1, ca1, got_a1 = member(loop)
     a2, ca2, got_a2 = member(loop)
     b1, cb1, got_b1 = member(loop)
@@ -76,43 +86,43 @@ def test_a_message_reaches_the_members_of_both_hubs_once(loop, redis_server):
     hub_b.close()
 
 
-def test_subscribed_on_first_join_and_unsubscribed_on_last_leave(loop, redis_server):
-    hub_a = make_hub(loop, redis_server.url)
-    hub_b = make_hub(loop, redis_server.url)
+def test_subscribed_on_first_join_and_unsubscribed_on_last_leave(loop, redis):
+    hub_a = make_hub(loop, redis.url)
+    hub_b = make_hub(loop, redis.url)
     a1, ca1, got_a1 = member(loop)
     a2, ca2, _ = member(loop)
     channel = "evws:room:news"
-    assert redis_server.numsub(channel) == 0
+    assert redis.numsub(channel) == 0
     hub_a.join(a1, "news")
-    run_until(loop, lambda: redis_server.numsub(channel) == 1)
+    run_until(loop, lambda: redis.numsub(channel) == 1)
     hub_a.join(a2, "news")  # a second local member: no second subscription
     loop.run_once(0.05)
-    assert redis_server.numsub(channel) == 1
+    assert redis.numsub(channel) == 1
     # hub_b has no member of "news": that traffic never reaches its process.
     hub_b.publish("news", "from b")
     run_until(loop, lambda: got_a1 == ["from b"])
-    assert redis_server.channels() == {channel.encode()}
+    assert redis.channels() == {channel.encode()}
     hub_a.leave(a1, "news")
     loop.run_once(0.05)
-    assert redis_server.numsub(channel) == 1
+    assert redis.numsub(channel) == 1
     ca2.close()  # the last member finishes: unsubscribed
     run_until(loop, lambda: a2.finished)
-    run_until(loop, lambda: redis_server.numsub(channel) == 0)
-    assert redis_server.channels() == set()
+    run_until(loop, lambda: redis.numsub(channel) == 0)
+    assert redis.channels() == set()
     # Join, leave, join again in one go: subscribed in the end.
     hub_a.join(a1, "news")
     hub_a.leave(a1, "news")
     hub_a.join(a1, "news")
     hub_b.publish("news", "again")
     run_until(loop, lambda: got_a1 == ["from b", "again"])
-    assert redis_server.numsub(channel) == 1
+    assert redis.numsub(channel) == 1
     finish(loop, a1, ca1)
     hub_a.close()
     hub_b.close()
 
 
-def test_a_member_gets_what_its_own_process_publishes_right_after_joining(loop, redis_server):
-    hub = make_hub(loop, redis_server.url)
+def test_a_member_gets_what_its_own_process_publishes_right_after_joining(loop, redis):
+    hub = make_hub(loop, redis.url)
     a, ca, got = member(loop)
     hub.join(a, "fresh")
     hub.publish("fresh", "first")  # SUBSCRIBE not confirmed yet: the publish waits for it
@@ -121,8 +131,8 @@ def test_a_member_gets_what_its_own_process_publishes_right_after_joining(loop, 
     hub.close()
 
 
-def test_password_and_database(loop, redis_server_with_password):
-    server = redis_server_with_password
+def test_password_and_database(loop, redis_with_password):
+    server = redis_with_password
     url = server.url.replace("/0", "/3")
     hub_a = make_hub(loop, url)
     hub_b = make_hub(loop, url)
@@ -138,8 +148,8 @@ def test_password_and_database(loop, redis_server_with_password):
 
 
 def test_a_wrong_password_keeps_the_hub_unhealthy_and_publishes_queued(loop,
-                                                                       redis_server_with_password):
-    url = redis_server_with_password.url.replace("p%40ss", "wrong")
+                                                                       redis_with_password):
+    url = redis_with_password.url.replace("p%40ss", "wrong")
     broker = evws.RedisBroker(url, loop=loop, **FAST)
     hub = evws.Hub(broker, loop=loop)
     run_until(loop, lambda: broker._cmd.connections == 0 and broker._cmd.last_error is not None)
@@ -169,8 +179,8 @@ def test_publish_beyond_the_bound_fails_loudly(loop):
     hub.close()
 
 
-def test_keepalive_pings_and_socket_options(loop, redis_server):
-    hub = make_hub(loop, redis_server.url, broker=dict(ping_interval=0.05))
+def test_keepalive_pings_and_socket_options(loop, redis):
+    hub = make_hub(loop, redis.url, broker=dict(ping_interval=0.05))
     broker = hub.broker
     for link in (broker._sub, broker._cmd):
         sock = link._stream.sock
@@ -179,7 +189,7 @@ def test_keepalive_pings_and_socket_options(loop, redis_server):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
 
     def pings() -> int:
-        stats = redis_server.command("INFO", "commandstats").decode()
+        stats = redis.command("INFO", "commandstats").decode()
         line = [x for x in stats.splitlines() if x.startswith("cmdstat_ping:")]
         return int(line[0].split("calls=")[1].split(",")[0]) if line else 0
     a, ca, _ = member(loop)
@@ -190,19 +200,19 @@ def test_keepalive_pings_and_socket_options(loop, redis_server):
     hub.close()
 
 
-def test_a_hung_redis_is_detected_by_the_ping_and_the_hub_recovers(loop, redis_server):
-    hub = make_hub(loop, redis_server.url, broker=dict(ping_interval=0.1, ping_timeout=0.3))
+def test_a_hung_redis_is_detected_by_the_ping_and_the_hub_recovers(loop, redis):
+    hub = make_hub(loop, redis.url, broker=dict(ping_interval=0.1, ping_timeout=0.3))
     events = []
     hub.on("unhealthy", lambda h, error: events.append(("down", type(error).__name__)))
     hub.on("healthy", lambda h: events.append(("up", None)))
     a, ca, got = member(loop)
     hub.join(a, "r")
-    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # alive, silent: what a dead middlebox looks like
+    os.kill(redis.proc.pid, signal.SIGSTOP)  # alive, silent: what a dead middlebox looks like
     try:
         run_until(loop, lambda: not hub.healthy)
         assert events[0] == ("down", "TimeoutError")
     finally:
-        os.kill(redis_server.proc.pid, signal.SIGCONT)
+        os.kill(redis.proc.pid, signal.SIGCONT)
     run_until(loop, lambda: hub.healthy and events[-1] == ("up", None))
     hub.publish("r", "back")
     run_until(loop, lambda: got == ["back"])

@@ -12,10 +12,17 @@ from __future__ import annotations
 import gc
 import os
 
+import pytest
+
 import evws
 from tests.conftest import run_until
-from tests.redis_server import redis_server  # noqa: F401
+from tests.redis_server import serve
 from tests.test_hub_redis import FAST, finish, make_hub, member
+
+
+@pytest.fixture
+def redis():
+    yield from serve()
 
 
 def fds() -> int:
@@ -43,9 +50,9 @@ def recoveries(hub):
 
 
 def test_subscriber_connection_dropped_mid_stream_recoverable_room_exactly_once(loop,
-                                                                               redis_server):
-    hub_a = make_hub(loop, redis_server.url, recoverable=True)
-    hub_b = make_hub(loop, redis_server.url, recoverable=True)
+                                                                               redis):
+    hub_a = make_hub(loop, redis.url, recoverable=True)
+    hub_b = make_hub(loop, redis.url, recoverable=True)
     events = recoveries(hub_a)
     members = [member(loop) for _ in range(3)]
     for conn, _, _ in members:
@@ -57,7 +64,7 @@ def test_subscriber_connection_dropped_mid_stream_recoverable_room_exactly_once(
         if i == 100:
             # The subscriber's connection dies; B goes on publishing meanwhile.
             run_until(loop, lambda: all(len(got) >= 50 for _, _, got in members))
-            assert redis_server.kill_clients(tag) == 1
+            assert redis.kill_clients(tag) == 1
         if i % 5 == 0:
             loop.run_once(0)
     run_until(loop, lambda: all(len(got) >= 300 for _, _, got in members))
@@ -74,9 +81,9 @@ def test_subscriber_connection_dropped_mid_stream_recoverable_room_exactly_once(
     hub_b.close()
 
 
-def test_plain_room_subscriber_drop_is_at_most_once_and_reported_unhealthy(loop, redis_server):
-    hub_a = make_hub(loop, redis_server.url)
-    hub_b = make_hub(loop, redis_server.url)
+def test_plain_room_subscriber_drop_is_at_most_once_and_reported_unhealthy(loop, redis):
+    hub_a = make_hub(loop, redis.url)
+    hub_b = make_hub(loop, redis.url)
     health = []
     hub_a.on("unhealthy", lambda h, error: health.append("down"))
     hub_a.on("healthy", lambda h: health.append("up"))
@@ -84,9 +91,9 @@ def test_plain_room_subscriber_drop_is_at_most_once_and_reported_unhealthy(loop,
     hub_a.join(conn, "chat")
     hub_b.publish("chat", "0")
     run_until(loop, lambda: got == ["0"])
-    assert redis_server.kill_clients(hub_a.broker._sub.name) == 1
+    assert redis.kill_clients(hub_a.broker._sub.name) == 1
     run_until(loop, lambda: health == ["down", "up"])
-    run_until(loop, lambda: redis_server.numsub("evws:room:chat") == 1)  # resubscribed
+    run_until(loop, lambda: redis.numsub("evws:room:chat") == 1)  # resubscribed
     hub_b.publish("chat", "1")
     run_until(loop, lambda: got == ["0", "1"])
     finish(loop, conn, client)
@@ -94,33 +101,33 @@ def test_plain_room_subscriber_drop_is_at_most_once_and_reported_unhealthy(loop,
     hub_b.close()
 
 
-def test_a_resent_publish_is_delivered_once(loop, redis_server):
+def test_a_resent_publish_is_delivered_once(loop, redis):
     """What happens when the publisher's connection drops with publishes in flight."""
     for recoverable in (False, True):
-        hub = make_hub(loop, redis_server.url, recoverable=recoverable)
+        hub = make_hub(loop, redis.url, recoverable=recoverable)
         conn, client, got = member(loop)
         hub.join(conn, "r")
         hub.publish("r", "0")
-        run_until(loop, lambda: got == ["0"])
+        run_until(loop, lambda got=got: got == ["0"])
         broker = hub.broker
         hub.publish("r", "1")
         _, command, _ = broker._pending[-1] if broker._pending else broker._in_flight[-1]
-        run_until(loop, lambda: got == ["0", "1"])
+        run_until(loop, lambda got=got: got == ["0", "1"])
         # The same bytes again, as after a reconnect that could not know whether
         # Redis had run them: Redis publishes them (and XADDs a second entry).
         broker._in_flight.append(("r", command, 0))
         broker._cmd.send_packed(command, broker._published)
         hub.publish("r", "2")
-        run_until(loop, lambda: got[-1:] == ["2"])
+        run_until(loop, lambda got=got: got[-1:] == ["2"])
         loop.run_once(0.05)
         assert got == ["0", "1", "2"]
         finish(loop, conn, client)
         hub.close()
 
 
-def test_publisher_connection_dropped_during_a_burst(loop, redis_server):
-    hub_a = make_hub(loop, redis_server.url, recoverable={"r"})
-    hub_b = make_hub(loop, redis_server.url, recoverable={"r"})
+def test_publisher_connection_dropped_during_a_burst(loop, redis):
+    hub_a = make_hub(loop, redis.url, recoverable={"r"})
+    hub_b = make_hub(loop, redis.url, recoverable={"r"})
     plain, plain_client, got_plain = member(loop)
     rec, rec_client, got_rec = member(loop)
     hub_a.join(plain, "p")
@@ -132,7 +139,7 @@ def test_publisher_connection_dropped_during_a_burst(loop, redis_server):
         hub_b.publish("r", str(i))
         if i == 200:
             loop.run_once(0)
-            redis_server.kill_clients(hub_b.broker._cmd.name)
+            redis.kill_clients(hub_b.broker._cmd.name)
     run_until(loop, lambda: len(got_plain) >= 400 and len(got_rec) >= 400)
     loop.run_once(0.05)
     # Nothing lost (unanswered publishes are resent), nothing twice (seq check).
@@ -144,17 +151,17 @@ def test_publisher_connection_dropped_during_a_burst(loop, redis_server):
     hub_b.close()
 
 
-def test_publish_while_redis_is_down_is_queued_then_delivered(loop, redis_server):
-    hub_a = make_hub(loop, redis_server.url)
-    hub_b = make_hub(loop, redis_server.url)
+def test_publish_while_redis_is_down_is_queued_then_delivered(loop, redis):
+    hub_a = make_hub(loop, redis.url)
+    hub_b = make_hub(loop, redis.url)
     conn, client, got = member(loop)
     hub_a.join(conn, "q")
-    redis_server.kill()
+    redis.kill()
     run_until(loop, lambda: not hub_a.healthy and not hub_b.healthy)
     for i in range(50):
         hub_a.publish("q", str(i))  # A's own members must get these after the restart
     assert hub_a.broker.pending == 50
-    redis_server.start()
+    redis.start()
     run_until(loop, lambda: len(got) >= 50)
     loop.run_once(0.05)
     assert numbers(got) == list(range(50))
@@ -164,11 +171,11 @@ def test_publish_while_redis_is_down_is_queued_then_delivered(loop, redis_server
     hub_b.close()
 
 
-def test_redis_killed_and_restarted_with_persistence_exactly_once(loop, redis_server):
-    redis_server.restart(appendonly=True)
+def test_redis_killed_and_restarted_with_persistence_exactly_once(loop, redis):
+    redis.restart(appendonly=True)
     baseline = fds()
-    hub_a = make_hub(loop, redis_server.url, recoverable=True)
-    hub_b = make_hub(loop, redis_server.url, recoverable=True)
+    hub_a = make_hub(loop, redis.url, recoverable=True)
+    hub_b = make_hub(loop, redis.url, recoverable=True)
     events = recoveries(hub_a)
     members = [member(loop) for _ in range(2)]
     for conn, _, _ in members:
@@ -177,10 +184,10 @@ def test_redis_killed_and_restarted_with_persistence_exactly_once(loop, redis_se
     for i in range(400):
         hub_b.publish("orders", str(i))
         if i == 150:
-            redis_server.kill()  # SIGKILL mid-stream, publishes in flight
+            redis.kill()  # SIGKILL mid-stream, publishes in flight
             run_until(loop, lambda: not hub_b.healthy)
         if i == 250:
-            redis_server.start(appendonly=True)  # the AOF brings the stream back
+            redis.start(appendonly=True)  # the AOF brings the stream back
         if i % 4 == 0:
             loop.run_once(0)
     run_until(loop, lambda: all(len(got) >= 400 for _, _, got in members), timeout=15)
@@ -196,10 +203,10 @@ def test_redis_killed_and_restarted_with_persistence_exactly_once(loop, redis_se
     assert fds() == baseline
 
 
-def test_redis_restarted_without_persistence_reports_recovered_false(loop, redis_server):
+def test_redis_restarted_without_persistence_reports_recovered_false(loop, redis):
     baseline = fds()
-    hub_a = make_hub(loop, redis_server.url, recoverable=True)
-    hub_b = make_hub(loop, redis_server.url, recoverable=True)
+    hub_a = make_hub(loop, redis.url, recoverable=True)
+    hub_b = make_hub(loop, redis.url, recoverable=True)
     events = recoveries(hub_a)
     conn, client, got = member(loop)
     hub_a.join(conn, "orders")
@@ -207,7 +214,7 @@ def test_redis_restarted_without_persistence_reports_recovered_false(loop, redis
     for i in range(100):
         hub_b.publish("orders", str(i))
     run_until(loop, lambda: len(got) == 100)
-    redis_server.restart()  # SIGKILL, then a fresh, empty Redis on the same port
+    redis.restart()  # SIGKILL, then a fresh, empty Redis on the same port
     for i in range(100, 150):
         hub_b.publish("orders", str(i))
     run_until(loop, lambda: len(got) >= 150 and events, timeout=10)
@@ -224,10 +231,10 @@ def test_redis_restarted_without_persistence_reports_recovered_false(loop, redis
     assert fds() == baseline
 
 
-def test_close_releases_everything_while_redis_is_down(loop, redis_server):
+def test_close_releases_everything_while_redis_is_down(loop, redis):
     baseline = fds()
-    redis_server.kill()
-    broker = evws.RedisBroker(redis_server.url, loop=loop, **FAST)
+    redis.kill()
+    broker = evws.RedisBroker(redis.url, loop=loop, **FAST)
     hub = evws.Hub(broker, loop=loop)
     run_until(loop, lambda: broker._cmd.last_error is not None
               and broker._sub.last_error is not None)
