@@ -75,6 +75,11 @@ class Hub(EventEmitter):
             stream. See the README for the guarantee of each kind.
         slow_policy: ``"close"`` (default) or ``"skip"`` for a member past its
             high water mark; see :mod:`evws.broadcast`.
+
+    Events (pyee): ``healthy(hub)``, ``unhealthy(hub, error)``,
+    ``recovery(hub, room, recovered, fetched, reason)``,
+    ``slow(hub, conn, room, action)`` and ``publish_failed(hub, room, error)``;
+    see the module docstring.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class Hub(EventEmitter):
         super().__init__()
         if slow_policy not in ("close", "skip"):
             raise ValueError(f"slow_policy must be 'close' or 'skip', not {slow_policy!r}")
+        #: the loop the hub (and an in-process broker) runs on
         self.loop = loop if loop is not None else get_loop()
         #: the broker carrying this hub's rooms between processes
         self.broker: Broker = broker if broker is not None else InProcessBroker(self.loop)
