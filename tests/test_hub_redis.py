@@ -218,3 +218,15 @@ def test_a_hung_redis_is_detected_by_the_ping_and_the_hub_recovers(loop, redis):
     run_until(loop, lambda: got == ["back"])
     finish(loop, a, ca)
     hub.close()
+
+
+def test_an_error_reply_to_a_publish_is_reported(loop, redis):
+    hub = make_hub(loop, redis.url, recoverable=True)
+    failures = []
+    hub.on("publish_failed", lambda h, room, error: failures.append((room, str(error))))
+    redis.command("SET", "evws:stream:broken", "not a stream")  # XADD will refuse it
+    hub.publish("broken", "x")
+    run_until(loop, lambda: failures)
+    assert failures[0][0] == "broken" and "WRONGTYPE" in failures[0][1]
+    assert hub.healthy and hub.broker.pending == 0
+    hub.close()

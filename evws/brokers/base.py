@@ -32,6 +32,8 @@ class HubSink(Protocol):
 
     def _broker_recovery(self, room: str, recovered: bool, fetched: int, reason: str) -> None: ...
 
+    def _broker_publish_failed(self, room: str, error: BaseException) -> None: ...
+
 
 class Broker:
     """Base class of hub brokers: a room-level pub/sub.

@@ -319,7 +319,7 @@ class RedisBroker(Broker):
         self._pending_bytes -= size
         if isinstance(reply, Exception):
             log.error("Redis refused a publish to room %r: %s", room, reply)
-            if self.hub is not None and hasattr(self.hub, "_broker_publish_failed"):
+            if self.hub is not None:
                 self.hub._broker_publish_failed(room, BrokerError(f"Redis: {reply}"))
 
     # -- subscriptions -------------------------------------------------------------
