@@ -70,6 +70,8 @@ def test_a_message_reaches_the_members_of_both_hubs_once(loop, redis):
     hub_a.join(a1, "chat")
     hub_a.join(a2, "chat")
     hub_b.join(b1, "chat")
+    # Plain rooms are at most once: publish once both processes listen.
+    run_until(loop, lambda: redis.numsub("evws:room:chat") == 2)
     for i in range(20):
         (hub_a if i % 2 else hub_b).publish("chat", f"m{i}")
     expected = [f"m{i}" for i in range(20)]
@@ -113,7 +115,7 @@ def test_subscribed_on_first_join_and_unsubscribed_on_last_leave(loop, redis):
     hub_a.join(a1, "news")
     hub_a.leave(a1, "news")
     hub_a.join(a1, "news")
-    hub_b.publish("news", "again")
+    hub_a.publish("news", "again")  # waits for hub_a's last SUBSCRIBE to be confirmed
     run_until(loop, lambda: got_a1 == ["from b", "again"])
     assert redis.numsub(channel) == 1
     finish(loop, a1, ca1)
@@ -138,6 +140,7 @@ def test_password_and_database(loop, redis_with_password):
     hub_b = make_hub(loop, url)
     a, ca, got = member(loop)
     hub_a.join(a, "secret")
+    run_until(loop, lambda: server.command("PUBSUB", "NUMSUB", "evws:room:secret")[1] == 1)
     hub_b.publish("secret", "hush")
     run_until(loop, lambda: got == ["hush"])
     ours = [c for c in server.clients() if c.get("name", "").startswith("evws-")]

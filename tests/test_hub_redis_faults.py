@@ -34,8 +34,9 @@ def numbers(got: list[str]) -> list[int]:
     return [int(m) for m in got]
 
 
-def ready(loop, hub_pub, room, members):
-    """Wait until the members' process listens: a first message went round."""
+def ready(loop, redis, hub_pub, room, members):
+    """Wait until the members' process listens: subscribed, and a first message went round."""
+    run_until(loop, lambda: redis.numsub(f"evws:room:{room}") == 1)
     hub_pub.publish(room, "-1")
     run_until(loop, lambda: all(got == ["-1"] for _, _, got in members))
     for _, _, got in members:
@@ -57,7 +58,7 @@ def test_subscriber_connection_dropped_mid_stream_recoverable_room_exactly_once(
     members = [member(loop) for _ in range(3)]
     for conn, _, _ in members:
         hub_a.join(conn, "ledger")
-    ready(loop, hub_b, "ledger", members)
+    ready(loop, redis, hub_b, "ledger", members)
     tag = hub_a.broker._sub.name
     for i in range(300):
         hub_b.publish("ledger", str(i))
@@ -89,6 +90,7 @@ def test_plain_room_subscriber_drop_is_at_most_once_and_reported_unhealthy(loop,
     hub_a.on("healthy", lambda h: health.append("up"))
     conn, client, got = member(loop)
     hub_a.join(conn, "chat")
+    run_until(loop, lambda: redis.numsub("evws:room:chat") == 1)
     hub_b.publish("chat", "0")
     run_until(loop, lambda: got == ["0"])
     assert redis.kill_clients(hub_a.broker._sub.name) == 1
@@ -132,8 +134,8 @@ def test_publisher_connection_dropped_during_a_burst(loop, redis):
     rec, rec_client, got_rec = member(loop)
     hub_a.join(plain, "p")
     hub_a.join(rec, "r")
-    ready(loop, hub_b, "r", [(rec, rec_client, got_rec)])
-    ready(loop, hub_b, "p", [(plain, plain_client, got_plain)])
+    ready(loop, redis, hub_b, "r", [(rec, rec_client, got_rec)])
+    ready(loop, redis, hub_b, "p", [(plain, plain_client, got_plain)])
     for i in range(400):
         hub_b.publish("p", str(i))
         hub_b.publish("r", str(i))
@@ -180,7 +182,7 @@ def test_redis_killed_and_restarted_with_persistence_exactly_once(loop, redis):
     members = [member(loop) for _ in range(2)]
     for conn, _, _ in members:
         hub_a.join(conn, "orders")
-    ready(loop, hub_b, "orders", members)
+    ready(loop, redis, hub_b, "orders", members)
     for i in range(400):
         hub_b.publish("orders", str(i))
         if i == 150:
@@ -210,7 +212,7 @@ def test_redis_restarted_without_persistence_reports_recovered_false(loop, redis
     events = recoveries(hub_a)
     conn, client, got = member(loop)
     hub_a.join(conn, "orders")
-    ready(loop, hub_b, "orders", [(conn, client, got)])
+    ready(loop, redis, hub_b, "orders", [(conn, client, got)])
     for i in range(100):
         hub_b.publish("orders", str(i))
     run_until(loop, lambda: len(got) == 100)
