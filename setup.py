@@ -63,8 +63,10 @@ setup(
     extras_require={
         # h11 does the HTTP/1.1 framing of evws.wsgi (the core does not need it)
         "wsgi": ["h11>=0.14"],
+        # hiredis parses RESP for evws.RedisBroker (Hub rooms across processes)
+        "redis": ["hiredis>=2"],
         "test": ["pytest>=7", "hypothesis>=6", "websockets>=12", "h11>=0.14", "flask>=2.2",
-                 "mypy", "ruff", "build", "wheel"],
+                 "hiredis>=2", "mypy", "ruff", "build", "wheel"],
     },
     entry_points={"console_scripts": ["evws=evws.cli:console_main"]},
     classifiers=[

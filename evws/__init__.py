@@ -11,9 +11,13 @@ Every public name is importable from ``evws`` directly.
 
 import logging as _logging
 
+from .broadcast import BroadcastResult, Prepared, broadcast, prepare
+from .brokers import Broker, InProcessBroker, RedisBroker
 from .client import Client, connect, connection_pair
 from .connection import Connection
 from .errors import (
+    BrokerError,
+    BrokerUnavailable,
     ConnectionClosed,
     CroakError,
     HandshakeError,
@@ -24,6 +28,7 @@ from .errors import (
     WaitTimeout,
     WebSocketError,
 )
+from .hub import Hub
 from .message import Message
 from .options import Options
 from .protocol.handshake import Request, Response
@@ -42,19 +47,27 @@ __version__ = "0.1.0"
 _logging.getLogger("evws").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "BroadcastResult",
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
     "Client",
     "CondVar",
     "Connection",
     "ConnectionClosed",
     "CroakError",
     "HandshakeError",
+    "Hub",
+    "InProcessBroker",
     "InvalidUTF8",
     "Loop",
     "Message",
     "Options",
     "PayloadTooBig",
+    "Prepared",
     "ProtocolError",
     "RecursiveWaitError",
+    "RedisBroker",
     "Request",
     "Response",
     "Server",
@@ -63,9 +76,11 @@ __all__ = [
     "WaitTimeout",
     "WebSocketError",
     "WorkerContext",
+    "broadcast",
     "connect",
     "connection_pair",
     "get_loop",
+    "prepare",
     "run_workers",
     "tcp_server",
     "__version__",

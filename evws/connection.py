@@ -311,30 +311,60 @@ class Connection(Emitter):
         """Bytes sent (frames included) that the kernel has not taken yet."""
         return self.stream.buffered_amount
 
+    # The settings, readable and (for this connection alone) assignable as
+    # the attributes they always were; assigning replaces ``options``.
+
     @property
     def close_timeout(self) -> float:
         """Seconds to wait for the peer to finish a closing handshake."""
         return self.options.close_timeout
 
+    @close_timeout.setter
+    def close_timeout(self, value: float) -> None:
+        self.options = self.options.replace(close_timeout=value)
+
     @property
     def ping_interval(self) -> Optional[float]:
-        """Seconds between keepalive Pings (None: no keepalive)."""
+        """Seconds between keepalive Pings (None: no keepalive); set it before the connection opens."""
         return self.options.ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, value: Optional[float]) -> None:
+        self.options = self.options.replace(ping_interval=value)
 
     @property
     def ping_timeout(self) -> Optional[float]:
         """Seconds a Ping may wait for its Pong before the peer is presumed dead."""
         return self.options.ping_timeout
 
+    @ping_timeout.setter
+    def ping_timeout(self, value: Optional[float]) -> None:
+        self.options = self.options.replace(ping_timeout=value)
+
     @property
     def high_water(self) -> Optional[int]:
         """Queued output (bytes) from which reading from the peer pauses; None: never."""
         return self.options.high_water
 
+    @high_water.setter
+    def high_water(self, value: Optional[int]) -> None:
+        low = self.options.low_water
+        if value is not None and low is not None and low > value:
+            low = value
+        self._set_water(value, low)
+
     @property
     def low_water(self) -> Optional[int]:
         """Queued output (bytes) at which reading resumes and ``drain`` fires."""
         return self.options.low_water
+
+    @low_water.setter
+    def low_water(self, value: Optional[int]) -> None:
+        self._set_water(self.options.high_water, value)
+
+    def _set_water(self, high: Optional[int], low: Optional[int]) -> None:
+        self.options = self.options.replace(high_water=high, low_water=low)
+        self.stream.low_water = self.options.low_water or 0
 
     # -- sending ----------------------------------------------------------
 
@@ -755,6 +785,30 @@ class Connection(Emitter):
             state = "open" if self.is_write_open else "closing"
         return f"<evws.Connection {side} {state}>"
 
+    # -- shared frames (evws.broadcast) ------------------------------------
+
+    @property
+    def accepts_prepared(self) -> bool:
+        """True when frames encoded once for many connections can go to this one as they are.
+
+        A server-side connection without permessage-deflate does; a
+        client-side one (each frame masked with a fresh key) or one with
+        deflate (a per-connection compression context) gets ``send``.
+        """
+        return self.protocol.accepts_frame_bytes
+
+    def send_prepared(self, chunks: tuple[bytes, ...] | list[bytes]) -> None:
+        """Write frames encoded once for many connections (see ``evws.broadcast``).
+
+        Raises:
+            ConnectionClosed: the closing handshake has started.
+            ValueError: this connection does not :attr:`accepts_prepared`.
+        """
+        if not self.is_write_open:
+            raise ConnectionClosed("cannot send: connection is closed",
+                                   self.close_code, self.close_reason)
+        self.protocol.send_frame_bytes(chunks)
+        self._flush()
 
 def _later(loop: Loop, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` one loop turn later."""

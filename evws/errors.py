@@ -10,7 +10,9 @@
     ├── ConnectionClosed      using a connection after it closed (e.g. send after close)
     ├── CroakError            what CondVar.croak("message") raises from recv()
     ├── WaitTimeout           CondVar.recv(timeout=...) ran out of time (also a TimeoutError)
-    └── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
+    ├── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
+    └── BrokerError           a Hub's broker (Redis) failed or refused something
+        └── BrokerUnavailable the broker is down (or slow) and its publish queue is full
 
 Why one tree: a user who wants "anything evws refused" writes one ``except``;
 each error carries its remedy (an HTTP answer, a close code) so that the code
@@ -31,6 +33,8 @@ __all__ = [
     "CroakError",
     "WaitTimeout",
     "RecursiveWaitError",
+    "BrokerError",
+    "BrokerUnavailable",
 ]
 
 
@@ -111,3 +115,20 @@ class RecursiveWaitError(WebSocketError, RuntimeError):
     Waiting there would need the loop that is already running below us; AnyEvent
     calls this a recursive blocking wait. Use ``cv.cb(...)`` instead.
     """
+
+
+class BrokerError(WebSocketError):
+    """A :class:`~evws.Hub`'s broker failed: a bad Redis URL, a refused AUTH, an error reply."""
+
+
+class BrokerUnavailable(BrokerError):
+    """``Hub.publish`` could not take a message: the broker has been down (or
+    too slow) for longer than its bounded publish queue covers.
+
+    Raised to the caller instead of dropping the message silently; nothing of
+    it was queued. ``pending`` is how many messages were already waiting.
+    """
+
+    def __init__(self, message: str, pending: int = 0) -> None:
+        super().__init__(message)
+        self.pending = pending

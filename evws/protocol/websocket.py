@@ -908,3 +908,37 @@ class WebSocketProtocol:
         if self._debug and state != self.state:
             _log.debug("= %s", state.name)
         self.state = state
+
+    # ------------------------------------------------------- shared frames
+
+    @property
+    def accepts_frame_bytes(self) -> bool:
+        """True when frames prepared once can be written to this connection as they are.
+
+        That needs an unmasked side (the server: a client masks each frame
+        with its own key) without permessage-deflate (whose compression
+        context is per connection). ``evws.broadcast`` asks before sharing.
+        """
+        return not self._mask_out and self._codec is None
+
+    def send_frame_bytes(self, chunks: tuple[bytes, ...] | list[bytes]) -> None:
+        """Queue complete, already serialised frames (unmasked, uncompressed) as they are.
+
+        For fan-out: one message encoded once and written to many
+        connections. The bytes are not checked; the caller built them with
+        ``frame_header`` and checked :attr:`accepts_frame_bytes`.
+
+        Raises:
+            ConnectionClosed: our Close frame was sent, or the connection ended.
+            RuntimeError: a fragmented message is still being sent.
+            ValueError: this connection masks or compresses its frames.
+        """
+        self._check_open()
+        if self._send_opcode:
+            raise RuntimeError("a fragmented message is still being sent")
+        if self._mask_out or self._codec is not None:
+            raise ValueError("this connection masks or compresses its frames")
+        out = self._out
+        for chunk in chunks:
+            if chunk:  # b"" in the output means "end TCP"
+                out.append(chunk)

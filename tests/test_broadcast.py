@@ -1,0 +1,158 @@
+"""evws.broadcast: one frame for many connections, fallbacks, and the slow-member policy.
+
+Real connections: ``connection_pair`` (socketpairs, the real handshake) and
+raw peers that read (or do not read) the server's bytes themselves.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import evws
+from evws.broadcast import SLOW_CLOSE_CODE
+from tests import wire
+from tests.conftest import Peer, open_connection, run_until
+
+
+def pairs(loop, n, **options):
+    made = [evws.connection_pair(loop, ping_interval=None, **options) for _ in range(n)]
+    return [s for s, _ in made], [c for _, c in made]
+
+
+def collect(conns):
+    got = {c: [] for c in conns}
+    for c in conns:
+        c.on("each_message", lambda conn, msg: got[conn].append((msg.opcode, msg.body)))
+    return got
+
+
+def close_all(loop, conns):
+    for c in conns:
+        c.close()
+    run_until(loop, lambda: all(c.finished for c in conns))
+
+
+def test_one_frame_for_every_plain_server_side_connection(loop):
+    servers, clients = pairs(loop, 5, compression=None)
+    got = collect(clients)
+    assert all(s.accepts_prepared for s in servers)
+    prepared = evws.prepare(["hello", b"\x00\x01", evws.Message("x" * 5000)])
+    # The frames are serialised once: the chunks are the wire bytes of all three.
+    assert b"".join(prepared.chunks) == (wire.frame(1, b"hello", mask=None)
+                                         + wire.frame(2, b"\x00\x01", mask=None)
+                                         + wire.frame(1, b"x" * 5000, mask=None))
+    result = evws.broadcast(servers, prepared)
+    assert result == (5, 0, 0, ())
+    run_until(loop, lambda: all(len(v) == 3 for v in got.values()))
+    for messages in got.values():
+        assert messages == [(1, b"hello"), (2, b"\x00\x01"), (1, b"x" * 5000)]
+    close_all(loop, servers + clients)
+
+
+def test_the_bytes_on_the_wire_are_the_same_frame_for_each_member(loop):
+    server = evws.Server(loop=loop, ping_interval=None, compression=None)
+    members, peers = [], []
+    for _ in range(3):
+        conn, _, peer = open_connection(loop, server)
+        members.append(conn)
+        peers.append(peer)
+    evws.broadcast(members, "same bytes")
+    for peer in peers:
+        assert peer.read_frames(1) == [(True, 1, b"same bytes")]
+    for peer in peers:
+        peer.close()
+    run_until(loop, lambda: all(c.finished for c in members))
+
+
+def test_deflate_and_client_side_connections_fall_back_to_send(loop):
+    deflated, deflate_clients = pairs(loop, 2, compression="deflate")
+    plain, plain_clients = pairs(loop, 2, compression=None)
+    assert not any(s.accepts_prepared for s in deflated)
+    assert all(s.accepts_prepared for s in plain)
+    assert not any(c.accepts_prepared for c in plain_clients)  # they mask
+    got = collect(deflate_clients + plain_clients)
+    got_by_servers = collect(plain)
+    assert evws.broadcast(deflated + plain, "to clients").sent == 4
+    # Client-side members: frames must be masked, else the server fails them (1002).
+    assert evws.broadcast(plain_clients, b"to servers").sent == 2
+    run_until(loop, lambda: all(v == [(1, b"to clients")] for v in got.values())
+              and all(v == [(2, b"to servers")] for v in got_by_servers.values()))
+    assert all(s.is_write_open for s in plain)
+    close_all(loop, deflated + plain + deflate_clients + plain_clients)
+
+
+def test_closed_members_are_passed_over_and_bad_input_is_refused(loop):
+    servers, clients = pairs(loop, 2, compression=None)
+    servers[0].close()
+    assert evws.broadcast(servers, "x").sent == 1
+    with pytest.raises(ValueError):
+        evws.broadcast(servers, "x", policy="buffer")
+    with pytest.raises(TypeError):
+        evws.broadcast(servers, 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        evws.prepare([evws.Message(b"", opcode=9)])
+    with pytest.raises(evws.ConnectionClosed):
+        servers[0].send_prepared([b"\x81\x00"])
+    close_all(loop, servers + clients)
+
+
+def non_reader(loop, server):
+    """A member whose peer completes the handshake and then never reads."""
+    ours, theirs = socket.socketpair()
+    for s in (ours, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    peer = Peer(loop, theirs)
+    cv = server.establish(ours)
+    peer.send(wire.upgrade_request())
+    conn = cv.recv(timeout=5)
+    peer.read_response_head()
+    return conn, peer
+
+
+@pytest.mark.parametrize("policy", ["close", "skip"])
+def test_a_member_that_does_not_read_never_delays_the_others(loop, policy):
+    server = evws.Server(loop=loop, ping_interval=None, compression=None, close_timeout=0.5)
+    slow, slow_peer = non_reader(loop, server)
+    slow.high_water = 32 * 1024
+    readers, clients = pairs(loop, 3, compression=None)
+    got = collect(clients)
+    payload = b"m" * 1000
+    results = []
+    for i in range(300):  # 300 KB: far beyond the slow member's kernel buffers + high water
+        results.append(evws.broadcast([slow] + readers, payload + str(i).encode(), policy=policy))
+        # The slow member's queue stays bounded by high water plus one message.
+        assert slow.buffered_amount <= slow.high_water + 1100
+        loop.run_once(0)
+    run_until(loop, lambda: all(len(v) == 300 for v in got.values()))
+    for messages in got.values():
+        assert [m[1] for m in messages] == [payload + str(i).encode() for i in range(300)]
+    slowed = [r for r in results if r.slow]
+    assert slowed and all(r.slow == (slow,) for r in slowed)
+    if policy == "close":
+        assert sum(r.closed for r in results) == 1  # closed once, then passed over
+        run_until(loop, lambda: slow.finished)  # close_timeout: its peer never answers
+        assert slow.protocol.close_sent == (SLOW_CLOSE_CODE, "too slow: messages were dropped")
+    else:
+        assert sum(r.skipped for r in results) == len(slowed) > 1
+        assert slow.is_write_open
+        # Once it reads again, it gets what was queued and then the next messages.
+        slow_peer.pump(lambda: len(slow_peer.buffer) > 20000)
+        run_until(loop, lambda: slow.buffered_amount < slow.high_water)
+        assert evws.broadcast([slow], "after").sent == 1
+    slow_peer.close()
+    close_all(loop, readers + clients)
+    run_until(loop, lambda: slow.finished)
+
+
+def test_a_member_without_flow_control_is_never_slow(loop):
+    servers, clients = pairs(loop, 1, compression=None)
+    servers[0].high_water = None
+    clients[0].stream.pause_reading()
+    for _ in range(50):
+        assert evws.broadcast(servers, b"z" * 10000).sent == 1
+    assert servers[0].buffered_amount > 0
+    clients[0].stream.resume_reading()
+    close_all(loop, servers + clients)
