@@ -60,7 +60,7 @@ def test_busy_idle_does_not_starve_io_or_timers(loop):
         t0 = time.monotonic()
         for i in range(100):
             b.send(b"%03d" % i)
-            run_until(loop, lambda: len(got) >= 3 * (i + 1), timeout=2)
+            run_until(loop, lambda n=3 * (i + 1): len(got) >= n, timeout=2)
         run_until(loop, lambda: bool(fired), timeout=2)
         assert fired[0] - t0 < 1.0
         assert bytes(got) == b"".join(b"%03d" % i for i in range(100))
