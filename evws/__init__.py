@@ -18,6 +18,7 @@ from .errors import (
     CroakError,
     HandshakeError,
     InvalidUTF8,
+    LineTooLong,
     PayloadTooBig,
     ProtocolError,
     RecursiveWaitError,
@@ -28,7 +29,9 @@ from .message import Message
 from .protocol.handshake import Request, Response
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
-from .reactor.tcp import TcpServer, tcp_server
+from .reactor.process import ExitStatus, run_cmd
+from .reactor.stream import Stream
+from .reactor.tcp import TcpServer, tcp_connect, tcp_server
 from .server import Server
 
 __version__ = "0.1.0"
@@ -44,8 +47,10 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "CroakError",
+    "ExitStatus",
     "HandshakeError",
     "InvalidUTF8",
+    "LineTooLong",
     "Loop",
     "Message",
     "PayloadTooBig",
@@ -54,12 +59,15 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "Stream",
     "TcpServer",
     "WaitTimeout",
     "WebSocketError",
     "connect",
     "connection_pair",
     "get_loop",
+    "run_cmd",
+    "tcp_connect",
     "tcp_server",
     "__version__",
 ]

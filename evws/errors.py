@@ -10,7 +10,8 @@
     ├── ConnectionClosed      using a connection after it closed (e.g. send after close)
     ├── CroakError            what CondVar.croak("message") raises from recv()
     ├── WaitTimeout           CondVar.recv(timeout=...) ran out of time (also a TimeoutError)
-    └── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
+    ├── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
+    └── LineTooLong           Stream.read_line met a line over max_size (also a ValueError)
 
 Why one tree: a user who wants "anything evws refused" writes one ``except``;
 each error carries its remedy (an HTTP answer, a close code) so that the code
@@ -29,6 +30,7 @@ __all__ = [
     "CroakError",
     "WaitTimeout",
     "RecursiveWaitError",
+    "LineTooLong",
 ]
 
 
@@ -105,4 +107,12 @@ class RecursiveWaitError(WebSocketError, RuntimeError):
 
     Waiting there would need the loop that is already running below us; AnyEvent
     calls this a recursive blocking wait. Use ``cv.cb(...)`` instead.
+    """
+
+
+class LineTooLong(WebSocketError, ValueError):
+    """``Stream.read_line`` met more than ``max_size`` bytes without the separator.
+
+    The stream is closed with this error (its ``on_close`` gets it): a peer
+    that never sends a newline must not make the reader buffer forever.
     """

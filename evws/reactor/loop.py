@@ -54,7 +54,10 @@ import socket
 import threading
 import time as _time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # process imports loop: no cycle at run time
+    from .process import ChildWatcher, ExitStatus
 
 __all__ = ["Loop", "get_loop", "IoWatcher", "Timer", "Handle", "SignalWatcher", "IdleWatcher"]
 
@@ -722,7 +725,7 @@ class Loop:
             if w.active:
                 _call(w.fn)
 
-    def child(self, pid: int, fn: Callable[[int, int], Any]) -> Any:
+    def child(self, pid: int, fn: Callable[[int, ExitStatus], Any]) -> ChildWatcher:
         """Call ``fn(pid, status)`` once child ``pid`` exits (AnyEvent->child).
 
         ``status`` is an :class:`~evws.reactor.process.ExitStatus`: the
