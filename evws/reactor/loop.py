@@ -636,7 +636,7 @@ class Loop:
     # -- deferred calls --------------------------------------------------
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> Handle:
-        """Call ``fn(*args)`` at the start of the next loop turn (AnyEvent idle)."""
+        """Call ``fn(*args)`` at the start of the next loop turn (AnyEvent::postpone; not :meth:`idle`)."""
         self._check_open()
         h = Handle(fn, args)
         self._deferred.append(h)
