@@ -22,6 +22,7 @@ from .errors import (
     CroakError,
     HandshakeError,
     InvalidUTF8,
+    LineTooLong,
     PayloadTooBig,
     ProtocolError,
     RecursiveWaitError,
@@ -34,7 +35,9 @@ from .options import Options
 from .protocol.handshake import Request, Response
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
-from .reactor.tcp import TcpServer, tcp_server
+from .reactor.process import ExitStatus, run_cmd
+from .reactor.stream import Stream
+from .reactor.tcp import TcpServer, tcp_connect, tcp_server
 from .server import Server
 from .workers import Supervisor, WorkerContext
 from .workers import run as run_workers
@@ -56,10 +59,12 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "CroakError",
+    "ExitStatus",
     "HandshakeError",
     "Hub",
     "InProcessBroker",
     "InvalidUTF8",
+    "LineTooLong",
     "Loop",
     "Message",
     "Options",
@@ -72,6 +77,7 @@ __all__ = [
     "Response",
     "Server",
     "Supervisor",
+    "Stream",
     "TcpServer",
     "WaitTimeout",
     "WebSocketError",
@@ -82,6 +88,8 @@ __all__ = [
     "get_loop",
     "prepare",
     "run_workers",
+    "run_cmd",
+    "tcp_connect",
     "tcp_server",
     "__version__",
 ]

@@ -11,8 +11,9 @@
     ├── CroakError            what CondVar.croak("message") raises from recv()
     ├── WaitTimeout           CondVar.recv(timeout=...) ran out of time (also a TimeoutError)
     ├── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
-    └── BrokerError           a Hub's broker (Redis) failed or refused something
+    ├── BrokerError           a Hub's broker (Redis) failed or refused something
         └── BrokerUnavailable the broker is down (or slow) and its publish queue is full
+    └── LineTooLong           Stream.read_line met a line over max_size (also a ValueError)
 
 Why one tree: a user who wants "anything evws refused" writes one ``except``;
 each error carries its remedy (an HTTP answer, a close code) so that the code
@@ -35,6 +36,7 @@ __all__ = [
     "RecursiveWaitError",
     "BrokerError",
     "BrokerUnavailable",
+    "LineTooLong",
 ]
 
 
@@ -132,3 +134,9 @@ class BrokerUnavailable(BrokerError):
     def __init__(self, message: str, pending: int = 0) -> None:
         super().__init__(message)
         self.pending = pending
+class LineTooLong(WebSocketError, ValueError):
+    """``Stream.read_line`` met more than ``max_size`` bytes without the separator.
+
+    The stream is closed with this error (its ``on_close`` gets it): a peer
+    that never sends a newline must not make the reader buffer forever.
+    """

@@ -1,11 +1,12 @@
-"""The reactor layer: a selectors loop, condvars, buffered streams, TCP helpers.
+"""The reactor layer: a selectors loop, condvars, buffered streams, TCP, processes.
 
 It knows nothing of WebSocket; the API layer (evws/*.py) drives the protocol
 core over it. Everything runs in one thread, without asyncio.
 """
 
 from .condvar import CondVar
-from .loop import Handle, IoWatcher, Loop, Timer, get_loop
+from .loop import Handle, IdleWatcher, IoWatcher, Loop, SignalWatcher, Timer, get_loop
+from .process import ChildWatcher, ExitStatus, child, run_cmd
 from .stream import Stream
 from .tcp import TcpServer, tcp_connect, tcp_server
 
@@ -15,6 +16,12 @@ __all__ = [
     "IoWatcher",
     "Timer",
     "Handle",
+    "IdleWatcher",
+    "SignalWatcher",
+    "ChildWatcher",
+    "ExitStatus",
+    "child",
+    "run_cmd",
     "CondVar",
     "Stream",
     "tcp_server",

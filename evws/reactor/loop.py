@@ -25,6 +25,14 @@ watches, so ``select`` wakes up at once and the user's function runs as an
 ordinary loop callback -- never inside the signal handler, where almost
 nothing is safe to do.
 
+Other threads (and signal handlers) hand work to the loop with
+:meth:`Loop.call_soon_threadsafe`: the call is queued, then one byte (an
+eventfd count on Linux, a socketpair elsewhere) wakes the ``select``. The
+wake-up fd is created on the first such call, so a loop that never talks to
+threads costs nothing. :meth:`Loop.idle` runs work only in turns that found
+nothing else to do, and :meth:`Loop.child` (see :mod:`evws.reactor.process`)
+reports a child process's exit.
+
 Every callback is isolated: an :class:`Exception` it raises is logged on the
 ``evws.loop`` logger and the loop carries on. ``BaseException`` subclasses that
 are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) propagate.
@@ -39,6 +47,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import select
 import selectors
 import signal as _signal
@@ -46,9 +55,13 @@ import socket
 import threading
 import time as _time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["Loop", "get_loop", "set_loop", "IoWatcher", "Timer", "Handle", "SignalWatcher"]
+if TYPE_CHECKING:  # process imports loop: no cycle at run time
+    from .process import ChildWatcher, ExitStatus
+
+__all__ = ["Loop", "get_loop", "set_loop", "IoWatcher", "Timer", "Handle", "SignalWatcher",
+           "IdleWatcher"]
 
 log = logging.getLogger("evws.loop")
 
@@ -155,6 +168,10 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
         log.exception("exception in loop callback %r", fn)
 
 
+#: ``call_safely(fn, args)``: call ``fn(*args)``, logging what it raises (for other reactor modules).
+call_safely = _call
+
+
 class IoWatcher:
     """Guard for :meth:`Loop.io`; ``cancel()`` stops the watching (idempotent)."""
 
@@ -245,6 +262,84 @@ class SignalWatcher:
         return f"<SignalWatcher signum={self.signum} {state}>"
 
 
+class IdleWatcher:
+    """Guard for :meth:`Loop.idle`; ``cancel()`` is idempotent."""
+
+    __slots__ = ("_loop", "fn", "active")
+
+    def __init__(self, loop: Loop, fn: Callable[[], Any]) -> None:
+        self._loop = loop
+        self.fn = fn
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            try:
+                self._loop._idlers.remove(self)
+            except ValueError:
+                pass
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cancelled"
+        return f"<IdleWatcher {self.fn!r} {state}>"
+
+
+class _Waker:
+    """The wake-up fd of :meth:`Loop.call_soon_threadsafe`.
+
+    An eventfd where the platform has one (one fd, a counter that cannot
+    fill up), else a non-blocking socketpair (a full buffer just means a
+    wake-up is already pending). ``wake()`` is one syscall and safe from any
+    thread and from a signal handler; ``drain()`` runs on the loop.
+    """
+
+    __slots__ = ("fd", "_rsock", "_wsock")
+
+    def __init__(self) -> None:
+        self._rsock: socket.socket | None = None
+        self._wsock: socket.socket | None = None
+        if hasattr(os, "eventfd"):
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self._rsock, self._wsock = socket.socketpair()
+            self._rsock.setblocking(False)
+            self._wsock.setblocking(False)
+            self.fd = self._rsock.fileno()
+
+    def wake(self) -> None:
+        try:
+            if self._wsock is None:
+                if self.fd >= 0:
+                    os.eventfd_write(self.fd, 1)
+            else:
+                self._wsock.send(b"\0")
+        except OSError:
+            # Full (a wake-up is pending anyway) or closed (the loop is gone).
+            pass
+
+    def drain(self) -> None:
+        try:
+            if self._rsock is None:
+                os.eventfd_read(self.fd)
+            else:
+                while self._rsock.recv(4096):
+                    pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._rsock is None:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                os.close(fd)
+        else:
+            self.fd = -1
+            self._rsock.close()
+            assert self._wsock is not None
+            self._wsock.close()
+
+
 def _ignore_signal(signum: int, frame: Any) -> None:
     """The Python-level handler: the wakeup fd already recorded the signal."""
 
@@ -276,6 +371,15 @@ class Loop:
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._wakeup_watcher: IoWatcher | None = None
         self._old_wakeup_fd = -1
+        # call_soon_threadsafe: the wake-up fd, made on first use. A dict
+        # because setdefault() publishes it atomically (see _make_waker).
+        self._wakers: dict[str, _Waker] = {}
+        self._waker: _Waker | None = None
+        self._wake_pending = False
+        # idle(): the active idle watchers, in the order they were added.
+        self._idlers: list[IdleWatcher] = []
+        # child(): evws.reactor.process._Reaper, made on first use.
+        self._reaper: Any = None
 
     # -- clock -----------------------------------------------------------
 
@@ -538,11 +642,107 @@ class Loop:
     # -- deferred calls --------------------------------------------------
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> Handle:
-        """Call ``fn(*args)`` at the start of the next loop turn (AnyEvent idle)."""
+        """Call ``fn(*args)`` at the start of the next loop turn (AnyEvent::postpone; not :meth:`idle`)."""
         self._check_open()
         h = Handle(fn, args)
         self._deferred.append(h)
         return h
+
+    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> Handle:
+        """Call ``fn(*args)`` on the loop's thread, soon; callable from any thread.
+
+        Why: a sensor, worker or GUI thread that has a result must not touch
+        the loop's watchers itself; it queues the call here, and the loop,
+        woken at once from ``select``, runs it in a following turn as an
+        ordinary deferred call (same order and isolation as
+        :meth:`call_soon`). Calls made by one thread run in the order that
+        thread made them. Also safe from a Python signal handler (it neither
+        locks nor allocates an fd twice).
+
+        The wake-up fd (eventfd, or a socketpair) is created by the first
+        call and closed by :meth:`close`. On Linux and the BSDs the poller
+        sees it at once even when that first call comes from another thread
+        while the loop is blocked; with a plain ``select``/``poll`` poller,
+        make one call from the loop's thread before blocking.
+
+        Raises:
+            RuntimeError: the loop is closed (a call racing ``close()`` may
+                also be dropped silently: stop the threads first).
+        """
+        self._check_open()
+        h = Handle(fn, args)
+        # deque.append is atomic; the loop's snapshot in _run_deferred only
+        # pops what was there when it started, so a racing append waits a turn.
+        self._deferred.append(h)
+        waker = self._waker
+        if waker is None:
+            waker = self._make_waker()
+        if not self._wake_pending:
+            # One write per burst: the loop clears the flag *after* draining
+            # (see _on_wake), so a caller that sees it set needs no write.
+            self._wake_pending = True
+            waker.wake()
+        return h
+
+    def _make_waker(self) -> _Waker:
+        """Create and register the wake-up fd; safe against racing callers.
+
+        No lock (a signal handler interrupting its own thread inside the
+        locked section would deadlock): each racer makes a waker, one wins
+        the atomic ``setdefault``, the others close theirs.
+        """
+        mine = _Waker()
+        winner = self._wakers.setdefault("w", mine)
+        if winner is not mine:
+            mine.close()
+            return winner
+        self.io(mine.fd, "r", self._on_wake)
+        self._waker = mine
+        return mine
+
+    def _on_wake(self) -> None:
+        # Drain first, then clear: a caller that saw the flag still set has
+        # already queued its call, which the next turn's snapshot includes.
+        # (Clearing first would let a drain swallow a write whose caller set
+        # the flag again, and every later caller would skip waking us.)
+        waker = self._waker
+        if waker is not None:
+            waker.drain()
+        self._wake_pending = False
+
+    def idle(self, fn: Callable[[], Any]) -> IdleWatcher:
+        """Call ``fn()`` in every turn that has nothing else to do, until cancelled.
+
+        AnyEvent->idle: "nothing else" means no deferred call ran, no fd was
+        ready and no timer was due in that turn. While an idle watcher is
+        active the loop polls without waiting (it never blocks), yet I/O and
+        timers keep their turns: each turn polls first, and an idle callback
+        runs only in a turn where the poll found nothing. Use it for
+        background work cut into small steps; use :meth:`call_soon` for
+        "once, next turn".
+        """
+        self._check_open()
+        w = IdleWatcher(self, fn)
+        self._idlers.append(w)
+        return w
+
+    def _run_idle(self) -> None:
+        for w in list(self._idlers):
+            if w.active:
+                _call(w.fn)
+
+    def child(self, pid: int, fn: Callable[[int, ExitStatus], Any]) -> ChildWatcher:
+        """Call ``fn(pid, status)`` once child ``pid`` exits (AnyEvent->child).
+
+        ``status`` is an :class:`~evws.reactor.process.ExitStatus`: the
+        ``os.waitpid`` status as an int, with ``.returncode``, ``.exit_code``
+        and ``.signal``. See :func:`evws.reactor.process.child` for how
+        (pidfd, or SIGCHLD and a ``waitpid`` per watched pid). Returns a
+        :class:`~evws.reactor.process.ChildWatcher`; ``cancel()`` it to stop
+        watching (the child is then left for someone else to reap).
+        """
+        from .process import child
+        return child(pid, fn, loop=self)
 
     def _run_deferred(self) -> bool:
         q = self._deferred
@@ -598,7 +798,7 @@ class Loop:
         # (benchmarks/PROFILE.md, phases 2, 4 and 5).
         ran = self._run_deferred() if self._deferred else False
         poll_timeout = 0.0
-        if not (ran or self._deferred or self._stop_requested):
+        if not (ran or self._deferred or self._stop_requested or self._idlers):
             wait = timeout
             timers = self._timers
             if timers:
@@ -640,8 +840,11 @@ class Loop:
         timers = self._timers
         if timers and timers[0][0] <= self.time():
             self._run_timers()
-        elif self._wakeup is not None and not self._signals:
-            self._stop_wakeup()
+        else:
+            if self._wakeup is not None and not self._signals:
+                self._stop_wakeup()
+            if self._idlers and not ready and not ran:
+                self._run_idle()
 
     def stop(self) -> None:
         """Make the innermost :meth:`run` return once the current turn ends."""
@@ -661,7 +864,16 @@ class Loop:
             for sw in list(watchers):
                 sw.cancel()
         self._stop_wakeup()
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
         self._closed = True
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close()
+        for idler in self._idlers:
+            idler.active = False
+        self._idlers.clear()
         for pair in self._io.values():
             for w in pair:
                 if w is not None:
@@ -693,7 +905,7 @@ class Loop:
 
     def __repr__(self) -> str:
         return (f"<Loop io={len(self._io)} timers={len(self._timers)} "
-                f"deferred={len(self._deferred)} depth={self.depth}"
+                f"deferred={len(self._deferred)} idle={len(self._idlers)} depth={self.depth}"
                 f"{' closed' if self._closed else ''}>")
 
 

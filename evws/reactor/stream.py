@@ -36,6 +36,21 @@ Callbacks (each may be given to the constructor or assigned later):
   inside :meth:`Stream.write`, where it is deferred to the next loop turn so
   that the owner's ``write()`` call never re-enters the owner.
 
+Queued reads, for the line- or record-oriented sockets a port also has
+(AnyEvent::Handle's ``push_read``): :meth:`Stream.read_line` and
+:meth:`Stream.read_exactly` queue a request with its callback. The rule:
+**while read requests are queued they take the data**; each is satisfied in
+the order queued, bytes that do not complete the first request wait for more,
+and ``on_data`` sees nothing. When the queue empties, what is left over goes
+to ``on_data`` if one is set; if not, it is kept for the next request and
+reading pauses until one is queued (the peer waits, memory stays bounded).
+A line longer than ``max_size`` fails the stream: ``on_close`` gets
+:class:`~evws.errors.LineTooLong`. At EOF unmet requests stay unmet:
+``on_eof`` fires as usual and :attr:`Stream.read_buffer` holds the rest.
+How it costs nothing on the WebSocket path: the requests live in one object
+made on first use, which stands in for ``on_data`` only while it is needed;
+a stream that never queues a request reads exactly as before.
+
 TLS: ``sock`` may be an ``ssl.SSLSocket`` whose handshake is done (see
 :mod:`evws.reactor.tls`). Three things differ, each for a reason:
 
@@ -64,6 +79,7 @@ import ssl
 from collections import deque
 from typing import Any, Callable
 
+from ..errors import LineTooLong
 from .loop import IoWatcher, Loop, Timer, get_loop
 
 __all__ = ["Stream"]
@@ -83,6 +99,14 @@ _IOV_MAX = 512
 class Stream:
     """A buffered non-blocking socket; see the module docstring.
 
+    Callbacks: ``on_data(bytes)``, ``on_eof()`` (without one the stream
+    closes itself at EOF), ``on_drain()`` (the write queue emptied, or fell
+    to ``low_water``) and ``on_close(error_or_None)``, exactly once: the
+    place errors arrive (AnyEvent::Handle's ``on_error``). Writing is
+    :meth:`write` (``push_write``). Queued reads (:meth:`read_line`,
+    :meth:`read_exactly`, AnyEvent's ``push_read``) take the data while any
+    is queued; ``on_data`` gets what is left once the queue empties.
+
     Args:
         sock: a connected stream socket; it is made non-blocking.
         loop: ``None`` = this thread's default loop.
@@ -99,7 +123,7 @@ class Stream:
         "_sock", "_fd", "_loop", "on_data", "on_eof", "on_close", "on_drain",
         "read_size", "linger", "_rw", "_ww", "_queue", "_buffered",
         "_want_read", "_paused", "_eof", "_shut_pending", "_write_shut",
-        "_closing", "_closed", "_timer", "_tls", "low_water", "_above_low",
+        "_closing", "_closed", "_timer", "_tls", "low_water", "_above_low", "_rq",
     )
 
     def __init__(
@@ -143,6 +167,8 @@ class Stream:
         #: (from above), not only when it empties; see the module docstring.
         self.low_water = 0
         self._above_low = False
+        # Queued reads (read_line/read_exactly): made on first use.
+        self._rq: _ReadQueue | None = None
 
     # -- properties ------------------------------------------------------
 
@@ -175,6 +201,8 @@ class Stream:
         """Start delivering ``on_data``; call it once the callbacks are set."""
         self._want_read = True
         self._paused = False
+        if self._rq is not None:
+            self._rq.resumed()
         self._update_reader()
 
     def pause_reading(self) -> None:
@@ -185,11 +213,14 @@ class Stream:
     def resume_reading(self) -> None:
         """Undo :meth:`pause_reading`."""
         self._paused = False
+        if self._rq is not None:
+            self._rq.resumed()
         self._update_reader()
 
     def _update_reader(self) -> None:
         want = (not self._closed and not self._eof
-                and (self._closing or (self._want_read and not self._paused)))
+                and (self._closing or (self._want_read and not self._paused
+                                       and (self._rq is None or not self._rq.hold))))
         if want and self._rw is None:
             self._rw = self._loop.io(self._fd, "r", self._on_readable)
         elif not want and self._rw is not None:
@@ -232,6 +263,64 @@ class Stream:
             self.on_eof()
         else:
             self.close()
+
+    # -- queued reads (AnyEvent::Handle push_read) ----------------------
+
+    def read_line(self, fn: Callable[[bytes], Any], sep: bytes = b"\n", *,
+                  max_size: int = 65536) -> None:
+        """Queue a request for the next line: ``fn(line)``, without ``sep``.
+
+        AnyEvent::Handle's ``push_read(line => ...)``. Requests are met in
+        the order queued (see the module docstring for how they share the
+        data with ``on_data``); reading starts if it had not. ``fn`` runs on
+        the loop, never inside this call, even when the line is already
+        buffered. For CRLF protocols pass ``sep=b"\r\n"``.
+
+        Args:
+            max_size: the longest line accepted, separator excluded; a
+                longer one fails the stream with
+                :class:`~evws.errors.LineTooLong` (to ``on_close``), so a
+                peer that never sends ``sep`` cannot make us buffer forever.
+
+        Raises:
+            ValueError: empty ``sep`` or ``max_size`` < 1.
+            BrokenPipeError: the stream is closing or closed.
+        """
+        if not sep:
+            raise ValueError("sep must not be empty")
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._queue_read((bytes(sep), max_size, fn))
+
+    def read_exactly(self, n: int, fn: Callable[[bytes], Any]) -> None:
+        """Queue a request for exactly ``n`` bytes: ``fn(data)``.
+
+        AnyEvent::Handle's ``push_read(chunk => n, ...)``: for length-prefixed
+        records (read the header, then ``read_exactly(length, ...)``).
+        Ordered with :meth:`read_line` requests; ``n`` may be 0.
+
+        Raises:
+            ValueError: ``n`` < 0.
+            BrokenPipeError: the stream is closing or closed.
+        """
+        if n < 0:
+            raise ValueError("n must not be negative")
+        self._queue_read((None, n, fn))
+
+    def _queue_read(self, request: tuple[bytes | None, int, Callable[[bytes], Any]]) -> None:
+        if self._closing:
+            raise BrokenPipeError(errno.EPIPE, "stream is closed for reading")
+        rq = self._rq
+        if rq is None:
+            rq = self._rq = _ReadQueue(self)
+        rq.push(request)
+        self._want_read = True
+        self._update_reader()
+
+    @property
+    def read_buffer(self) -> bytes:
+        """Bytes received that no read request took yet (say, a partial line at EOF)."""
+        return bytes(self._rq.buf) if self._rq is not None else b""
 
     def _read_more_tls(self, first: bytes) -> tuple[bytes, bool, OSError | None]:
         """Take decrypted bytes OpenSSL holds, then more records, up to ``read_size``.
@@ -504,6 +593,8 @@ class Stream:
             self._timer = None
         self._queue = None
         self._buffered = 0
+        if self._rq is not None:
+            self._rq.requests.clear()  # drop the callbacks (and their cycles)
         try:
             self._sock.close()
         except OSError:
@@ -527,3 +618,102 @@ class Stream:
         else:
             state = "open"
         return f"<Stream fd={self._fd} {state} buffered={self._buffered}>"
+
+
+class _ReadQueue:
+    """The read requests of one :class:`Stream`, and the bytes they wait on.
+
+    While requests are queued, :meth:`feed` is the stream's ``on_data``
+    (the user's is kept in ``saved`` and put back when the queue empties), so
+    the stream's read path has no test of its own for requests.
+    """
+
+    __slots__ = ("stream", "requests", "buf", "saved", "hold", "scheduled", "scan")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.requests: deque[tuple[bytes | None, int, Callable[[bytes], Any]]] = deque()
+        self.buf = bytearray()
+        self.saved: Callable[[bytes], Any] | None = None
+        self.hold = False       # no request and nobody else to take data: don't read
+        self.scheduled = False  # a process() is pending on the loop
+        self.scan = 0           # bytes of buf already searched for the first sep
+
+    def push(self, request: tuple[bytes | None, int, Callable[[bytes], Any]]) -> None:
+        stream = self.stream
+        if not self.requests:
+            if stream.on_data != self.feed:
+                self.saved = stream.on_data
+                stream.on_data = self.feed
+            self.hold = False
+        self.requests.append(request)
+        if (self.buf or not request[1]) and not self.scheduled:
+            # Buffered bytes may already meet it: next turn, never inside
+            # read_line() itself (the caller may not be ready for its callback).
+            self.scheduled = True
+            stream._loop.call_soon(self.process)
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        self.process()
+
+    def process(self) -> None:
+        self.scheduled = False
+        stream = self.stream
+        requests = self.requests
+        buf = self.buf
+        while requests and not stream._closing:
+            sep, size, fn = requests[0]
+            if sep is None:
+                if len(buf) < size:
+                    break
+                data = bytes(buf[:size])
+                del buf[:size]
+            else:
+                # Resume the search where the last one stopped (minus a
+                # separator's worth): a long line arriving in small pieces
+                # costs one pass, not one per piece.
+                at = buf.find(sep, max(0, self.scan - len(sep) + 1))
+                if at < 0 or at > size:
+                    if at > size or len(buf) > size + len(sep) - 1:
+                        stream._teardown(LineTooLong(
+                            f"line longer than {size} bytes without {sep!r}"))
+                        return
+                    self.scan = len(buf)
+                    break
+                data = bytes(buf[:at])
+                del buf[:at + len(sep)]
+            self.scan = 0
+            requests.popleft()
+            try:
+                fn(data)
+            except Exception:
+                log.exception("exception in read callback %r", fn)
+        if requests or stream._closing:
+            return
+        # The queue is empty: the data goes back to on_data, or waits.
+        if stream.on_data == self.feed:
+            stream.on_data = self.saved
+        self.saved = None
+        if stream.on_data is not None:
+            self.flush()
+        elif not self.hold:
+            self.hold = True
+            stream._update_reader()
+
+    def flush(self) -> None:
+        """Hand the leftover bytes to ``on_data``."""
+        on_data = self.stream.on_data
+        if self.buf and on_data is not None and not self.requests:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self.scan = 0
+            on_data(data)
+
+    def resumed(self) -> None:
+        """``start_reading``/``resume_reading``: an ``on_data`` set since gets the rest."""
+        stream = self.stream
+        if not self.requests and stream.on_data is not None:
+            self.hold = False
+            if self.buf:
+                stream._loop.call_soon(self.flush)
