@@ -770,7 +770,7 @@ def workload_tables(workload: str, names: list[str], cells: list[Cell], results:
         ref_rss = _median(results.get((base, cell.key), []), "rss_end_kb")
         rows: dict[str, list[str]] = {"main": [cell.key], "cpu": [f"server CPU us per {cell.unit}"],
                                       "p99": ["p99 latency us"], "rss": ["server RSS at the end MiB"],
-                                      "ok": ["alive / late"]}
+                                      "ok": ["alive / late"], "z": ["replies compressed %"]}
         for name in names:
             runs = results.get((name, cell.key), [])
             v = _median(runs, cell.metric)
@@ -792,7 +792,9 @@ def workload_tables(workload: str, names: list[str], cells: list[Cell], results:
                                                                                if name != base else ""))
             alive, late, n = _median(runs, "alive"), _median(runs, "late"), _median(runs, "n")
             rows["ok"].append("-" if alive is None else f"{alive:.0f}/{n or 0:.0f}, {late or 0:.0f} late")
-        keep = ["main", "cpu", "p99"] + (["rss", "ok"] if workload == "many" else [])
+            z = _median(runs, "rx_compressed_pct")
+            rows["z"].append("-" if z is None else f"{z:.0f}")
+        keep = ["main", "cpu", "p99"] + {"many": ["rss", "ok"], "deflate": ["z"]}.get(workload, [])
         out += ["| " + " | ".join(rows[k]) + " |" for k in keep]
     if rounds > 1 and len(names) > 1:
         out += [f"\nper round: how many times better {base} was than each server within a round: "

@@ -111,6 +111,7 @@ static const char *mode_name = "rt";
 static unsigned char *pattern;   /* size + 64 bytes: 'a'..'z', or words with -z */
 static uint64_t rng = 88172645463325252ULL;
 static long errors = 0, mismatch = 0, conn_fail = 0, no_deflate = 0, late = 0;
+static long rx_compressed = 0, rx_messages = 0;   /* -z: messages the server compressed */
 #ifndef NO_TLS
 static SSL_CTX *ssl_ctx;
 #endif
@@ -549,6 +550,8 @@ static int parse_frames(Conn *c)
             if (fin) {
                 size_t n = c->msg_len;
                 c->msg_len = 0;
+                rx_messages++;
+                rx_compressed += c->compressed;
                 if (c->compressed) {
 #ifndef NO_ZLIB
                     if (!c->deflate_on)
@@ -1013,10 +1016,10 @@ int main(int argc, char **argv)
     if (mode == M_RT) {
         printf("{\"mode\":\"rt\",\"conns\":%d,\"size\":%ld,\"tls\":%d,\"deflate\":%d,\"rt_per_s\":%.1f,"
                "\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"errors\":%ld,\"mismatch\":%ld,"
-               "\"conn_fail\":%ld,\"no_deflate\":%ld,\"alive\":%ld,\"client_cpu\":%.3f,\"server_cpu\":%.3f,"
+               "\"conn_fail\":%ld,\"no_deflate\":%ld,\"rx_compressed_pct\":%.1f,\"alive\":%ld,\"client_cpu\":%.3f,\"server_cpu\":%.3f,"
                "\"timed_out\":%d}\n",
                conns, size, use_tls, use_deflate, rate, p50, p99, mx, errors, mismatch, conn_fail,
-               no_deflate, alive, ccpu, scpu, timed_out);
+               no_deflate, rx_messages ? 100.0 * rx_compressed / rx_messages : 0.0, alive, ccpu, scpu, timed_out);
     } else if (mode == M_CHURN) {
         printf("{\"mode\":\"churn\",\"conns\":%d,\"hs_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
                "\"max_us\":%.1f,\"errors\":%ld,\"mismatch\":%ld,\"conn_fail\":%ld,\"client_cpu\":%.3f,"
