@@ -220,12 +220,17 @@ def peer_command(name: str, workload: str, ctx: Context) -> list[str] | str:
 
 
 def evws_broadcast_mode() -> str:
-    """How peers/evws_broadcast.py fans out here (it picks the same way)."""
+    """How peers/evws_broadcast.py fans out here (it decides the same way, and logs it)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    probe = subprocess.run([sys.executable, "-c", "import evws.broadcast"], env=env, capture_output=True,
-                           timeout=60)
-    return ("evws.broadcast.broadcast()" if probe.returncode == 0
-            else "a loop over server.connections calling conn.send (evws.broadcast is not importable yet)")
+    probe = subprocess.run([sys.executable, "-c", "import os, evws, evws.broadcast as b; "
+                            "print(os.path.dirname(b.__file__) == os.path.dirname(evws.__file__))"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    if probe.returncode:
+        return "a loop over server.connections calling conn.send (evws.broadcast is not importable)"
+    if probe.stdout.strip() != "True":
+        return ("a loop over server.connections calling conn.send (evws.broadcast is importable only "
+                "from another checkout, which would mix two trees)")
+    return "evws.broadcast.broadcast()"
 
 
 def make_certificate(folder: str) -> tuple[str, str] | str:

@@ -958,6 +958,8 @@ int main(int argc, char **argv)
             }
             if (opened == 0 && (mode != M_CHURN || t >= win_start))
                 break;   /* nothing connected: nothing to measure */
+            if (alive_n == 0 && mode != M_CHURN)
+                break;   /* every connection failed: nothing left to measure */
         }
         if (mode == M_IDLE && all_started) {
             int pending = 0;

@@ -10,15 +10,28 @@ uses at startup (run.py shows it in the fan-out table's header).
 """
 
 import argparse
+import os
 import signal
 import sys
 
 import evws
 
-try:
-    from evws.broadcast import broadcast as _helper
-except ImportError:
-    _helper = None
+
+def _find_helper():  # type: ignore[no-untyped-def]
+    """evws.broadcast.broadcast, or None with the reason (printed at startup)."""
+    try:
+        import evws.broadcast
+    except ImportError:
+        return None, "no evws.broadcast"
+    # An editable install can serve evws.broadcast from another checkout than the evws
+    # package in use; mixing two trees measures neither, so only a module beside
+    # evws/__init__.py counts.
+    if os.path.dirname(evws.broadcast.__file__) != os.path.dirname(evws.__file__):
+        return None, f"evws.broadcast comes from another tree ({evws.broadcast.__file__})"
+    return evws.broadcast.broadcast, ""
+
+
+_helper, _why_not = _find_helper()
 
 server = evws.Server(max_payload_size=None)
 
@@ -50,7 +63,8 @@ def main() -> None:
         server.establish(sock).cb(established)
 
     listener = server.listen("127.0.0.1", args.port, on_accept)
-    how = "evws.broadcast.broadcast()" if _helper is not None else "loop over server.connections (no evws.broadcast)"
+    how = ("evws.broadcast.broadcast()" if _helper is not None
+           else f"loop over server.connections ({_why_not})")
     print(f"evws {evws.__version__} broadcast on 127.0.0.1:{listener.port}, using: {how}",
           file=sys.stderr, flush=True)
     loop = evws.get_loop()
