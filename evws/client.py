@@ -408,6 +408,13 @@ def _abandon(loop: Loop, server_cv: CondVar, client_cv: CondVar,
     deadline = time.monotonic() + 1.0
     while not (server_cv.ready and client_cv.ready) and time.monotonic() < deadline:
         loop.run_once(0.05)
-    for cv, sock in ((client_cv, client_sock), (server_cv, server_sock)):
-        if cv.ready and cv.error is not None and sock.fileno() >= 0:
-            sock.close()
+    # A refused server hands its socket back open (HandshakeError's contract):
+    # ours to close. That also sends the EOF the client's stream waits for.
+    if server_cv.ready and server_cv.error is not None and server_sock.fileno() >= 0:
+        server_sock.close()
+    # The client's socket is never ours to close: after a refusal its Stream
+    # closes it gracefully (shut down writing, read until that EOF). Closing
+    # it behind the stream's back would leave the loop watching a closed fd,
+    # and the next socket to get that number could not be watched at all.
+    while client_sock.fileno() >= 0 and time.monotonic() < deadline:
+        loop.run_once(0.05)

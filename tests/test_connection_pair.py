@@ -71,6 +71,24 @@ def test_rejected_handshake_raises_and_cleans_up(loop):
     with pytest.raises(evws.HandshakeError) as info:
         evws.connection_pair(loop=loop, handshake=handshake, timeout=TIMEOUT)
     assert info.value.status == 403
+    assert loop.pending() == []
+
+
+def test_rejected_handshake_leaves_no_stale_watcher(loop):
+    """Regression: the refused pair closed the client's socket while its Stream was still
+    closing (watching the fd, its linger timer running); the next socket given that fd
+    number could not be watched ("fd N already has an active 'r' watcher")."""
+    def handshake(request, response):
+        raise ValueError("no")
+
+    for _ in range(3):
+        with pytest.raises(evws.HandshakeError):
+            evws.connection_pair(loop=loop, handshake=handshake, timeout=TIMEOUT)
+        assert loop.pending() == []
+    server_side, client_side = evws.connection_pair(loop=loop)  # the same fd numbers again
+    client_side.close()
+    run_until(loop, lambda: client_side.finished and server_side.finished)
+    assert client_side.close_code == 1000
 
 
 def test_pair_from_inside_a_callback_is_refused(loop):

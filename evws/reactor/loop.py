@@ -172,6 +172,20 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
 call_safely = _call
 
 
+def _describe(fn: Callable[..., Any]) -> str:
+    """Name a callback for people: ``module.Qualified.name`` (a lambda says where it was made).
+
+    Used by the guards' ``repr`` so that a list of live registrations (see
+    :meth:`Loop.pending`) tells *whose* timer or watcher is still there.
+    """
+    target = getattr(fn, "func", fn)  # functools.partial: the function it wraps
+    name = getattr(target, "__qualname__", None)
+    if name is None:
+        return repr(fn)
+    module = getattr(target, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
+
+
 class IoWatcher:
     """Guard for :meth:`Loop.io`; ``cancel()`` stops the watching (idempotent)."""
 
@@ -191,7 +205,7 @@ class IoWatcher:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cancelled"
-        return f"<IoWatcher fd={self.fd} mode={self.mode!r} {state}>"
+        return f"<IoWatcher fd={self.fd} mode={self.mode!r} fn={_describe(self.fn)} {state}>"
 
 
 class Timer:
@@ -219,7 +233,8 @@ class Timer:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cancelled"
-        return f"<Timer when={self.when:.3f} interval={self.interval} {state}>"
+        return (f"<Timer when={self.when:.3f} interval={self.interval} fn={_describe(self.fn)} "
+                f"{state}>")
 
 
 class Handle:
@@ -237,7 +252,7 @@ class Handle:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cancelled"
-        return f"<Handle {self.fn!r} {state}>"
+        return f"<Handle fn={_describe(self.fn)} {state}>"
 
 
 class SignalWatcher:
@@ -259,7 +274,7 @@ class SignalWatcher:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cancelled"
-        return f"<SignalWatcher signum={self.signum} {state}>"
+        return f"<SignalWatcher signum={self.signum} fn={_describe(self.fn)} {state}>"
 
 
 class IdleWatcher:
@@ -282,7 +297,7 @@ class IdleWatcher:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cancelled"
-        return f"<IdleWatcher {self.fn!r} {state}>"
+        return f"<IdleWatcher fn={_describe(self.fn)} {state}>"
 
 
 class _Waker:
@@ -849,6 +864,41 @@ class Loop:
     def stop(self) -> None:
         """Make the innermost :meth:`run` return once the current turn ends."""
         self._stop_requested = True
+
+    # -- introspection ---------------------------------------------------
+
+    def pending(self) -> list[IoWatcher | Timer | Handle | SignalWatcher | IdleWatcher]:
+        """The live registrations on this loop, as their guards (each with a ``repr``).
+
+        Why: whether anything still has work on the loop -- a timer nobody
+        cancelled, a watcher on a socket nobody closed, a deferred call not
+        yet run -- is the question a leak check asks at the end of a test
+        (:mod:`evws.testing`), and a program about to close its loop may ask
+        it too. Listed in this order: io watchers (by fd), active timers (the
+        next due first), deferred calls (in queue order), signal watchers,
+        idle watchers. The loop's own machinery -- the wake-up fd of
+        :meth:`call_soon_threadsafe` and the socket that carries signals --
+        is not listed (the signal watchers it serves are). A closed loop has
+        nothing pending. The list is a snapshot: cancelling a guard from it is
+        safe.
+        """
+        if self._closed:
+            return []
+        own_fds = {w.fd for w in (self._wakeup_watcher,) if w is not None}
+        if self._waker is not None:
+            own_fds.add(self._waker.fd)
+        found: list[IoWatcher | Timer | Handle | SignalWatcher | IdleWatcher] = []
+        for fd in sorted(self._io):
+            if fd not in own_fds:
+                found.extend(w for w in self._io[fd] if w is not None and w.active)
+        timers = sorted((entry for entry in self._timers if entry[2].active),
+                        key=lambda entry: entry[:2])
+        found.extend(entry[2] for entry in timers)
+        found.extend(h for h in self._deferred if h.active)
+        for watchers in self._signals.values():
+            found.extend(sw for sw in watchers if sw.active)
+        found.extend(iw for iw in self._idlers if iw.active)
+        return found
 
     # -- lifecycle -------------------------------------------------------
 

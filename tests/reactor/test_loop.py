@@ -478,3 +478,54 @@ class TestSignals:
         t.start()
         t.join(TIMEOUT)
         assert errors
+
+
+class TestPending:
+    """Loop.pending(): what is still registered, named, without the loop's own machinery."""
+
+    def test_empty_loop_has_nothing_pending(self, loop):
+        assert loop.pending() == []
+
+    def test_lists_each_kind_in_order_and_names_the_callback(self, loop, socketpair):
+        a, _ = socketpair
+
+        def on_time():
+            pass
+        late = loop.timer(60, on_time)
+        soon = loop.timer(30, lambda: None)
+        reader = loop.io(a, "r", lambda: None)
+        call = loop.call_soon(print)
+        sig = loop.signal(signal.SIGUSR1, lambda s: None)
+        idle = loop.idle(lambda: None)
+        try:
+            assert loop.pending() == [reader, soon, late, call, sig, idle]
+            assert "TestPending.test_lists_each_kind_in_order_and_names_the_callback" \
+                   ".<locals>.on_time" in repr(late)
+            assert f"fd={a.fileno()} mode='r'" in repr(reader)
+        finally:
+            sig.cancel()
+
+    def test_cancelled_and_finished_registrations_are_gone(self, loop, socketpair):
+        a, _ = socketpair
+        loop.timer(0, lambda: None)
+        loop.call_soon(lambda: None)
+        loop.io(a, "w", lambda: None).cancel()
+        loop.timer(60, lambda: None).cancel()
+        loop.call_soon(print).cancel()
+        loop.run_once(0.1)
+        loop.run_once(0)
+        assert loop.pending() == []
+
+    def test_the_loops_own_wakeup_fds_are_not_listed(self, loop):
+        loop.call_soon_threadsafe(lambda: None)   # creates the waker fd and its watcher
+        sig = loop.signal(signal.SIGUSR2, lambda s: None)   # the signal wakeup socket
+        loop.run_once(0)
+        assert loop.pending() == [sig]
+        sig.cancel()
+        assert loop.pending() == []
+
+    def test_closed_loop_has_nothing_pending(self):
+        lp = Loop()
+        lp.timer(60, lambda: None)
+        lp.close()
+        assert lp.pending() == []
