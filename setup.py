@@ -68,7 +68,12 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "websockets>=12", "h11>=0.14", "flask>=2.2",
                  "hiredis>=2", "mypy", "ruff", "build", "wheel"],
     },
-    entry_points={"console_scripts": ["evws=evws.cli:console_main"]},
+    entry_points={
+        "console_scripts": ["evws=evws.cli:console_main"],
+        # The pytest plugin (evws_loop, ws_pair, ws_server): loaded by pytest
+        # in any project that has evws installed; ``-p no:evws`` turns it off.
+        "pytest11": ["evws = evws.testing"],
+    },
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Developers",
@@ -82,6 +87,7 @@ setup(
         "Environment :: Console",
         "Topic :: Internet :: WWW/HTTP",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
+        "Framework :: Pytest",
         "Typing :: Typed",
     ],
 )

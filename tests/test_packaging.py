@@ -14,6 +14,7 @@ temporary directory and checks ``evws.__file__``).
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import shutil
 import subprocess
@@ -51,6 +52,23 @@ assert got == [evws.Message("round trip"), evws.Message(b"\x00\x01", opcode=2)],
 print("smoke ok", evws.__version__)
 """
 
+PLUGIN_USER = r"""
+import evws
+from evws.testing import run_until
+
+def test_echo(ws_pair):
+    server_side, client_side = ws_pair()
+    assert "site-packages" in evws.__file__
+    server_side.on("each_message", lambda conn, message: conn.send(message))
+    got = evws.CondVar()
+    client_side.on("next_message", lambda conn, message: got.send(message.decoded_body))
+    client_side.send("installed")
+    assert run_until(got) == "installed"
+
+def test_leaky(evws_loop):
+    evws_loop.timer(60, lambda: None)
+"""
+
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> pathlib.Path:
@@ -84,22 +102,34 @@ def test_wheel_holds_the_package_and_py_typed(dist):
     assert not any(n.startswith("tests/") for n in names), "tests leaked into the wheel"
     assert "Requires-Python: >=3.10" in metadata
     assert "Requires-Dist: pyee" in metadata
+    with zipfile.ZipFile(wheel) as zf:
+        entry_points = next(zf.read(n).decode() for n in zf.namelist()
+                            if n.endswith(".dist-info/entry_points.txt"))
+    assert "[pytest11]\nevws = evws.testing" in entry_points
 
 
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
 def test_artifact_installs_into_a_fresh_venv_and_works(dist, tmp_path, kind):
     (artifact,) = dist.glob("evws-*.whl" if kind == "wheel" else "evws-*.tar.gz")
+    # Without PYTHONPATH: a checkout on it (as when testing a work tree) would shadow the install.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, capture_output=True, timeout=120)
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--no-build-isolation", "--no-deps",
                     "--force-reinstall", str(artifact)],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=300, env=env)
     result = subprocess.run([str(python), "-c", SMOKE], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert "smoke ok" in result.stdout
     help_text = subprocess.run([str(python), "-m", "evws", "connect", "--help"], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=60, env=env)
     assert help_text.returncode == 0 and "--binary" in help_text.stdout
+    # The pytest plugin loads itself from the installed entry point: no -p, no conftest.
+    (tmp_path / "test_user.py").write_text(PLUGIN_USER)
+    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert "2 passed, 1 error" in result.stdout, result.stdout + result.stderr  # test_leaky: error at teardown
+    assert "left work behind" in result.stdout and "leaky.<locals>.<lambda>" in result.stdout
