@@ -309,3 +309,12 @@ def test_setup_py_registers_the_plugin_entry_point():
     for fixture in ("evws_loop", "ws_pair", "ws_server"):
         assert hasattr(module, fixture), fixture
     assert "pytest" in sys.modules
+
+
+def test_the_readme_example_runs(run):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Testing your handlers", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    result = run(example)
+    result.assert_outcomes(passed=example.count("\ndef test_"))
+    assert example.count("\ndef test_") == 4
