@@ -72,7 +72,7 @@ setup(
         "console_scripts": ["evws=evws.cli:console_main"],
         # The pytest plugin (evws_loop, ws_pair, ws_server): loaded by pytest
         # in any project that has evws installed; ``-p no:evws`` turns it off.
-        "pytest11": ["evws = evws.testing"],
+        "pytest11": ["evws.testing = evws.testing"],
     },
     classifiers=[
         "Development Status :: 3 - Alpha",

@@ -34,9 +34,10 @@ reported. A test that already failed is not reported again for leaks (its
 clean-up was probably skipped by the failure); the loop is closed anyway.
 
 Without the installed entry point (a source checkout), load it with
-``pytest -p evws.testing``. With it installed, do not also name
-``evws.testing`` in ``-p`` or ``pytest_plugins``: pytest refuses a plugin
-registered twice under two names. ``-p no:evws`` turns it off.
+``pytest -p evws.testing``. The entry point is registered under that same
+name, ``evws.testing``, so naming it in ``-p`` or ``pytest_plugins`` as well
+is harmless (pytest refuses one plugin under two names).
+``-p no:evws.testing`` turns it off.
 """
 
 from __future__ import annotations

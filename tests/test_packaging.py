@@ -105,7 +105,7 @@ def test_wheel_holds_the_package_and_py_typed(dist):
     with zipfile.ZipFile(wheel) as zf:
         entry_points = next(zf.read(n).decode() for n in zf.namelist()
                             if n.endswith(".dist-info/entry_points.txt"))
-    assert "[pytest11]\nevws = evws.testing" in entry_points
+    assert "[pytest11]\nevws.testing = evws.testing" in entry_points
 
 
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])

@@ -304,7 +304,7 @@ def test_setup_py_registers_the_plugin_entry_point():
     call = next(node for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup")
     entry_points = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "entry_points"))
-    assert entry_points["pytest11"] == ["evws = evws.testing"]
+    assert entry_points["pytest11"] == ["evws.testing = evws.testing"]
     module = importlib.import_module("evws.testing")
     for fixture in ("evws_loop", "ws_pair", "ws_server"):
         assert hasattr(module, fixture), fixture
