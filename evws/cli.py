@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", parents=[common], help="run an echo (or broadcast) WebSocket server",
         description="Run a WebSocket server that echoes every message back to its sender "
                     "(text as text, binary as binary), or with --broadcast sends it to every "
-                    "connected client, the sender included. The URL to connect to is printed "
+                    "connected client, the sender included (with --redis: every client of every "
+                    "process sharing the Redis room). The URL to connect to is printed "
                     "on stderr once listening. SIGINT/SIGTERM close every connection with 1001 "
                     "and exit.")
     serve.add_argument("--host", default="127.0.0.1",

@@ -136,8 +136,10 @@ def open_hub(url, loop, timeout=REDIS_TIMEOUT):
     return hub
 
 
-def make_app(server, hub):
-    """The WSGI application: the page on /, the room on /ws."""
+def make_app(server, hub=None):
+    """The WSGI application: the page on /, the room on /ws (``hub``: in-process by default)."""
+    if hub is None:
+        hub = evws.Hub(loop=server.loop)
 
     def publish(connection, message):
         try:
@@ -242,7 +244,8 @@ def main() -> None:
         port = reservation.getsockname()[1]
         status = evws.run_workers(
             lambda ctx: serve_worker(ctx, args.host, port, reservation, args.redis), args.workers,
-            on_ready=lambda: announce(port, f" with {args.workers} workers{where}"))
+            on_ready=lambda: announce(
+                port, f" with {args.workers} worker{'s' if args.workers > 1 else ''}{where}"))
         reservation.close()
         sys.exit(status)
 
