@@ -21,6 +21,15 @@ with 1000 and the command exits once the closing handshake is over.
 :mod:`evws.workers` (each with its own ``SO_REUSEPORT`` listener on one port
 the supervisor reserved); the "listening" line is printed once every worker
 is ready, and the supervisor's events go to stderr.
+
+``serve --broadcast --redis URL`` broadcasts through an :class:`evws.Hub` on a
+:class:`evws.RedisBroker` instead of the process's own connection list: every
+client of every worker (and of every other ``serve`` on that Redis and room)
+gets every message once, the sender included, in the same order. Redis must
+answer at start-up (the command exits 1 otherwise, saying why); a later
+outage is reported on stderr and the broker reconnects on its own.
+``--worker-header`` adds ``X-Evws-Worker: PID`` to each handshake response,
+to see which process a client landed on (``connect`` prints it).
 """
 
 from __future__ import annotations
@@ -31,14 +40,18 @@ import os
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from . import __version__
+from .brokers.redis_broker import RedisBroker
+from .brokers.redis_link import parse_redis_url
 from .client import connect as ws_connect
 from .client import parse_url
 from .connection import Connection
-from .errors import ConnectionClosed, HandshakeError, WebSocketError
+from .errors import BrokerError, BrokerUnavailable, ConnectionClosed, HandshakeError, WebSocketError
+from .hub import Hub
 from .message import Message
 from .reactor.condvar import CondVar
 from .reactor.loop import Handle, IoWatcher, Loop, get_loop
@@ -54,6 +67,13 @@ PROG = "python -m evws"
 
 #: how much of stdin one read takes
 READ_SIZE = 65536
+
+#: the handshake response field ``--worker-header`` adds: the serving process's pid
+WORKER_HEADER = "X-Evws-Worker"
+
+#: seconds ``serve --redis`` gives Redis to answer at start-up (a worker
+#: retries for this long; the first check gives up at the first refusal)
+REDIS_START_TIMEOUT = 10.0
 
 
 def _err(text: str) -> None:
@@ -76,6 +96,14 @@ def _worker_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
+
+
+def _redis_url(text: str) -> str:
+    try:
+        parse_redis_url(text)
+    except BrokerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", parents=[common], help="run an echo (or broadcast) WebSocket server",
         description="Run a WebSocket server that echoes every message back to its sender "
                     "(text as text, binary as binary), or with --broadcast sends it to every "
-                    "connected client, the sender included. The URL to connect to is printed "
+                    "connected client, the sender included (with --redis: every client of every "
+                    "process sharing the Redis room). The URL to connect to is printed "
                     "on stderr once listening. SIGINT/SIGTERM close every connection with 1001 "
                     "and exit.")
     serve.add_argument("--host", default="127.0.0.1",
@@ -115,7 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "a worker that dies or hangs is replaced, SIGTERM/SIGINT stop them "
                             "all (close 1001), SIGHUP restarts them one by one (close 1012). "
                             "With --broadcast a message reaches the clients of its own worker "
-                            "only (default 0: one process, no supervisor)")
+                            "only, unless --redis is given (default 0: one process, no "
+                            "supervisor)")
+    serve.add_argument("--redis", type=_redis_url, metavar="URL",
+                       help="with --broadcast: broadcast through Redis pub/sub "
+                            "(redis://[[user]:password@]host[:port][/db], an IP address or "
+                            "localhost), so the clients of every worker, and of every other "
+                            "server on that Redis and room, get every message once; needs "
+                            "hiredis (pip install 'evws[redis]')")
+    serve.add_argument("--room", metavar="NAME",
+                       help="with --redis: the room (Redis channel evws:room:NAME) the servers "
+                            "share (default 'broadcast'; Redis pub/sub ignores the db number, "
+                            "so unrelated servers on one Redis need different rooms)")
+    serve.add_argument("--worker-header", action="store_true",
+                       help=f"add '{WORKER_HEADER}: PID' (the serving process) to each "
+                            "handshake response, to see how clients spread over the workers")
     serve.add_argument("--tls-cert", metavar="PEM",
                        help="certificate chain (PEM) for wss://; may hold the key too")
     serve.add_argument("--tls-key", metavar="PEM", help="private key (PEM), if not in --tls-cert")
@@ -145,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="wss:// without verifying the server's certificate or host name")
     conn.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                       help="time allowed to open the connection (default 10)")
+    # Usage errors found after parsing are reported by the command's own parser
+    # (its usage line, not the top level's).
+    serve.set_defaults(command_parser=serve)
+    conn.set_defaults(command_parser=conn)
     return parser
 
 
@@ -173,9 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    command_parser: argparse.ArgumentParser = args.command_parser
     if args.command == "serve":
+        if args.redis and not args.broadcast:
+            command_parser.error("--redis needs --broadcast: an echo server has nothing to share "
+                         "between processes")
+        if args.room is not None and not args.redis:
+            command_parser.error("--room needs --redis")
+        if args.room is not None and not args.room:
+            command_parser.error("--room wants a non-empty name")
         return serve(args)
-    headers = _parse_headers(parser, args.header)
+    headers = _parse_headers(command_parser, args.header)
     return connect(args, headers)
 
 
@@ -195,22 +250,67 @@ def _make_server(args: argparse.Namespace, loop: Loop) -> Server:
         OSError, ValueError: the TLS files cannot be used.
     """
     subprotocols: list[str] = args.subprotocol
+    worker_header: bool = args.worker_header
 
     def handshake(request: Any, response: Any) -> Any:
         for offered in request.subprotocols:
             if offered in subprotocols:
                 response.subprotocol = offered
                 break
+        if worker_header:
+            response.headers.set(WORKER_HEADER, str(os.getpid()))
         return response
 
-    return Server(handshake=handshake if subprotocols else None,
+    return Server(handshake=handshake if subprotocols or worker_header else None,
                   max_payload_size=args.max_payload_size or None,
                   compression=None if args.no_compression else "deflate",
                   ssl_cert_file=args.tls_cert, ssl_key_file=args.tls_key, loop=loop)
 
 
-def _accept_callback(server: Server, broadcast: bool) -> Callable[[Any, str, int], None]:
-    """The ``tcp_server`` callback: handshake, then echo (or broadcast) every message."""
+def _room(args: argparse.Namespace) -> str:
+    return args.room or "broadcast"
+
+
+def _open_hub(url: str, loop: Loop, *, retry: bool, timeout: float = REDIS_START_TIMEOUT) -> Hub:
+    """A :class:`Hub` on a :class:`RedisBroker` whose connections are both up.
+
+    Runs ``loop`` until Redis answered. With ``retry`` the broker's own
+    reconnects go on until ``timeout`` (a worker starting while Redis
+    restarts); without, the first failed attempt is final (the start-up
+    check: a refused connection or a refused AUTH will not fix itself).
+
+    Raises:
+        BrokerError: Redis did not answer in time; the message says why.
+        ImportError: hiredis is not installed.
+    """
+    broker = RedisBroker(url, loop=loop)
+    hub = Hub(broker, loop=loop)
+    deadline = time.monotonic() + timeout
+    while not hub.healthy:
+        error = broker.last_error
+        if (error is not None and not retry) or time.monotonic() > deadline:
+            hub.close()
+            where = f"{broker.address.host}:{broker.address.port}"
+            raise BrokerError(f"cannot reach Redis at {where}: {error or 'no answer'}")
+        loop.run_once(0.05)
+    return hub
+
+
+def _report_redis_health(hub: Hub, prefix: str = "") -> None:
+    """Say on stderr when Redis goes away and comes back (the broker reconnects itself)."""
+    hub.on("unhealthy", lambda _hub, error: _err(
+        f"{prefix}Redis connection lost ({error}); broadcasts wait until it is back"))
+    hub.on("healthy", lambda _hub: _err(f"{prefix}Redis connection back"))
+
+
+def _accept_callback(server: Server, broadcast: bool, hub: Hub | None = None,
+                     room: str = "broadcast") -> Callable[[Any, str, int], None]:
+    """The ``tcp_server`` callback: handshake, then echo (or broadcast) every message.
+
+    With ``hub``, a broadcast goes through it (every member of ``room`` in
+    every process, once, back from the broker) instead of straight to this
+    server's connections.
+    """
 
     def on_message(conn: Connection, message: Message) -> None:
         targets = server.connections if broadcast else (conn,)
@@ -220,6 +320,17 @@ def _accept_callback(server: Server, broadcast: bool) -> Callable[[Any, str, int
                     target.send(message)
                 except ConnectionClosed:  # closing between the check and the send
                     pass
+
+    def on_hub_message(conn: Connection, message: Message) -> None:
+        assert hub is not None
+        try:
+            hub.publish(room, message)
+        except BrokerUnavailable as exc:
+            # Redis has been down for long enough that the queue is full:
+            # tell the sender rather than drop its message silently.
+            log.warning("broadcast refused: %s", exc)
+            if conn.is_write_open:
+                conn.close(1013, "broadcast unavailable, try again later")
 
     def on_accept(sock: Any, peer_host: str, peer_port: int) -> None:
         def established(cv: CondVar) -> None:
@@ -236,7 +347,14 @@ def _accept_callback(server: Server, broadcast: bool) -> Callable[[Any, str, int
                 sock.close()
                 return
             log.info("connection from %s:%s", peer_host, peer_port)
-            conn.on("each_message", on_message)
+            if hub is not None:
+                try:
+                    hub.join(conn, room)  # left again when conn finishes
+                except ConnectionClosed:  # already gone
+                    return
+                conn.on("each_message", on_hub_message)
+            else:
+                conn.on("each_message", on_message)
             conn.on("finish", lambda conn: log.info(
                 "connection from %s:%s finished (%s)", peer_host, peer_port, conn.close_code))
 
@@ -248,12 +366,15 @@ def _accept_callback(server: Server, broadcast: bool) -> Callable[[Any, str, int
 def _listening(args: argparse.Namespace, tls: bool, port: int, workers: int = 0) -> None:
     scheme = "wss" if tls else "ws"
     mode = "broadcast" if args.broadcast else "echo"
-    detail = ""
+    details = []
     if workers:
-        detail = f" ({workers} worker process{'es' if workers > 1 else ''}"
-        if args.broadcast and workers > 1:
-            detail += "; a broadcast reaches the clients of its own worker only"
-        detail += ")"
+        details.append(f"{workers} worker process{'es' if workers > 1 else ''}")
+    if args.redis:
+        address = parse_redis_url(args.redis)
+        details.append(f"through Redis at {address.host}:{address.port}, room {_room(args)!r}")
+    elif args.broadcast and workers > 1:
+        details.append("a broadcast reaches the clients of its own worker only")
+    detail = f" ({'; '.join(details)})" if details else ""
     _err(f"{mode} server listening on {scheme}://{_url_host(args.host)}:{port}/{detail}")
 
 
@@ -267,27 +388,45 @@ def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
     except (OSError, ValueError) as exc:
         _err(f"cannot set up TLS: {exc}")
         return 1
+    hub = None
+    if args.redis:
+        try:
+            hub = _open_hub(args.redis, loop, retry=False)
+        except (BrokerError, ImportError) as exc:
+            _err(_redis_problem(exc))
+            return 1
+        _report_redis_health(hub)
     try:
-        listener = server.listen(args.host or None, args.port,
-                                 _accept_callback(server, args.broadcast))
-    except OSError as exc:
-        _err(f"cannot listen on {args.host or '*'}:{args.port}: {exc}")
-        return 1
-    _listening(args, server.ssl_context is not None, listener.port)
+        try:
+            listener = server.listen(args.host or None, args.port,
+                                     _accept_callback(server, args.broadcast, hub, _room(args)))
+        except OSError as exc:
+            _err(f"cannot listen on {args.host or '*'}:{args.port}: {exc}")
+            return 1
+        _listening(args, server.ssl_context is not None, listener.port)
 
-    def stop(signum: int) -> None:
-        _err(f"signal {signum}: closing connections")
-        server.shutdown(code=1001, reason="server shutting down", timeout=5).cb(
-            lambda _cv: loop.stop())
+        def stop(signum: int) -> None:
+            _err(f"signal {signum}: closing connections")
+            server.shutdown(code=1001, reason="server shutting down", timeout=5).cb(
+                lambda _cv: loop.stop())
 
-    watchers = [loop.signal(signal.SIGINT, stop), loop.signal(signal.SIGTERM, stop)]
-    try:
-        loop.run()
+        watchers = [loop.signal(signal.SIGINT, stop), loop.signal(signal.SIGTERM, stop)]
+        try:
+            loop.run()
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            listener.close()
     finally:
-        for watcher in watchers:
-            watcher.cancel()
-        listener.close()
+        if hub is not None:
+            hub.close()
     return 0
+
+
+def _redis_problem(exc: BaseException) -> str:
+    if isinstance(exc, ImportError):
+        return "--redis needs hiredis: pip install 'evws[redis]'"
+    return str(exc)
 
 
 #: seconds a stopping worker has before SIGKILL; its server gets 80% (as the
@@ -297,12 +436,18 @@ WORKER_GRACEFUL_TIMEOUT = 6.25
 
 def _serve_workers(args: argparse.Namespace) -> int:
     """``serve --workers N``: the same server in N supervised processes on one port."""
-    # Refuse bad TLS files here, once, rather than in a crash loop of workers.
+    # Refuse bad TLS files and an unreachable Redis here, once, rather than
+    # in a crash loop of workers.
     check_loop = Loop()
     try:
         tls = _make_server(args, check_loop).ssl_context is not None
+        if args.redis:
+            _open_hub(args.redis, check_loop, retry=False).close()
     except (OSError, ValueError) as exc:
         _err(f"cannot set up TLS: {exc}")
+        return 1
+    except (BrokerError, ImportError) as exc:
+        _err(_redis_problem(exc))
         return 1
     finally:
         check_loop.close()
@@ -322,7 +467,14 @@ def _serve_workers(args: argparse.Namespace) -> int:
     def worker(ctx: WorkerContext) -> None:
         reservation.close()  # the supervisor's; each worker binds its own listener
         server = _make_server(args, ctx.loop)
-        ctx.listen(server, args.host or None, port, _accept_callback(server, args.broadcast))
+        hub = None
+        if args.redis:
+            # Ready (and so "listening") only once this worker's broadcasts work.
+            hub = _open_hub(args.redis, ctx.loop, retry=True)
+            _report_redis_health(hub, f"worker {ctx.index} (pid {ctx.pid}): ")
+            ctx.on_stop(lambda code, reason: hub.close())
+        ctx.listen(server, args.host or None, port,
+                   _accept_callback(server, args.broadcast, hub, _room(args)))
 
     try:
         return run_workers(worker, args.workers, graceful_timeout=WORKER_GRACEFUL_TIMEOUT,
@@ -459,6 +611,9 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
     extensions = response.headers.get("Sec-WebSocket-Extensions") if response else None
     if extensions:
         details.append(f"extensions {extensions}")
+    worker = response.headers.get(WORKER_HEADER) if response else None
+    if worker:  # serve --worker-header
+        details.append(f"worker pid {worker}")
     _err(f"connected to {args.url}" + (f" ({', '.join(details)})" if details else ""))
 
     state = {"broken_pipe": False}

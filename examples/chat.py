@@ -4,26 +4,35 @@
 Every message a browser sends is broadcast to everyone in the room, the sender
 included: text as text, binary as binary. The page is a plain WSGI app run by
 ``evws.wsgi.serve`` on the evws loop; ``/ws`` is upgraded with
-``server.establish_wsgi(environ)``. Start it and open http://127.0.0.1:8000/
-in two browser tabs::
+``server.establish_wsgi(environ)``. The room is an ``evws.Hub`` room. Start it
+and open http://127.0.0.1:8000/ in two browser tabs::
 
     python3 examples/chat.py --port 8000
 
-``--workers N`` runs N supervised worker processes on the port (see
-``evws.workers``; each binds its own ``SO_REUSEPORT`` listener). Each worker
-has its own room: two browsers that land on different workers do not see each
-other's messages. SIGTERM/Ctrl-C closes every connection with 1001, SIGHUP
-restarts the workers one by one (their connections close with 1012).
+Across processes: ``--workers N`` runs N supervised worker processes on the
+port (see ``evws.workers``; each binds its own ``SO_REUSEPORT`` listener) and
+``--redis URL`` puts the room on Redis (``evws.RedisBroker``), so browsers on
+different workers, or on other machines' chat servers, are in one room::
+
+    python3 examples/chat.py --port 8000 --workers 2 --redis redis://127.0.0.1:6379/0
+
+Without ``--redis`` each worker would have a room of its own, so more than one
+worker is refused. The first message on each WebSocket is the server's
+welcome, "you are on worker PID", which the page shows apart from the chat.
+SIGTERM/Ctrl-C closes every connection with 1001, SIGHUP restarts the workers
+one by one (their connections close with 1012).
 """
 
 import argparse
 import logging
+import os
 import sys
 from http import HTTPStatus
 
 import evws
 import evws.workers
 import evws.wsgi
+from evws.brokers.redis_link import parse_redis_url
 
 log = logging.getLogger("chat")
 
@@ -46,8 +55,8 @@ PAGE = b"""<!DOCTYPE html>
 <button>Send</button></form>
 <script>
 "use strict";
-// window.chat is also what the browser test drives: send(), received, ready.
-const chat = window.chat = { received: [], ready: null, socket: null };
+// window.chat is also what the browser test drives: connect(), send(), received, ready, worker.
+const chat = window.chat = { received: [], ready: null, socket: null, worker: null };
 const log = document.getElementById("log");
 
 function show(text, cls) {
@@ -58,24 +67,37 @@ function show(text, cls) {
   log.scrollTop = log.scrollHeight;
 }
 
-chat.ready = new Promise((resolve, reject) => {
-  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
-  const ws = chat.socket = new WebSocket(url);
-  ws.binaryType = "arraybuffer";
-  ws.onopen = () => { show("connected", "status"); resolve(ws.extensions); };
-  ws.onerror = () => reject(new Error("WebSocket error"));
-  ws.onclose = (e) => show("disconnected (" + e.code + ")", "status");
-  ws.onmessage = (e) => {
-    if (typeof e.data === "string") {
-      chat.received.push({ type: "text", data: e.data });
-      show(e.data.length > 200 ? e.data.slice(0, 200) + "... (" + e.data.length + " chars)" : e.data);
-    } else {
-      const bytes = Array.from(new Uint8Array(e.data));
-      chat.received.push({ type: "binary", data: bytes });
-      show("[binary, " + bytes.length + " bytes]");
-    }
-  };
-});
+// The first message on each socket is the server's welcome, "you are on worker PID":
+// chat.worker gets the pid, and chat.ready resolves (with the extensions) once it came.
+chat.connect = () => {
+  const old = chat.socket;
+  if (old) { old.onmessage = old.onclose = old.onerror = null; old.close(); }
+  chat.worker = null;
+  chat.ready = new Promise((resolve, reject) => {
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    const ws = chat.socket = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => show("connected", "status");
+    ws.onerror = () => reject(new Error("WebSocket error"));
+    ws.onclose = (e) => show("disconnected (" + e.code + ")", "status");
+    ws.onmessage = (e) => {
+      if (chat.worker === null) {
+        chat.worker = Number(/([0-9]+)$/.exec(e.data)[1]);
+        show(e.data, "status");
+        resolve(ws.extensions);
+      } else if (typeof e.data === "string") {
+        chat.received.push({ type: "text", data: e.data });
+        show(e.data.length > 200 ? e.data.slice(0, 200) + "... (" + e.data.length + " chars)" : e.data);
+      } else {
+        const bytes = Array.from(new Uint8Array(e.data));
+        chat.received.push({ type: "binary", data: bytes });
+        show("[binary, " + bytes.length + " bytes]");
+      }
+    };
+  });
+  return chat.ready;
+};
+chat.connect();
 
 chat.send = (data) => chat.socket.send(data);
 
@@ -91,22 +113,46 @@ document.getElementById("form").onsubmit = (e) => {
 """
 
 
-def make_app(server):
-    """The WSGI application: the page on /, the room on /ws."""
-    room = set()
+ROOM = "chat"
+
+#: seconds the chat waits for Redis at start-up
+REDIS_TIMEOUT = 5.0
+
+
+def open_hub(url, loop, timeout=REDIS_TIMEOUT):
+    """The room's Hub: in this process only, or on Redis once both its connections are up."""
+    if url is None:
+        return evws.Hub(loop=loop)
+    hub = evws.Hub(evws.RedisBroker(url, loop=loop), loop=loop)
+    ready = evws.CondVar(loop)
+    hub.on("healthy", lambda hub: ready.send())
+    try:
+        ready.recv(timeout=timeout)
+    except evws.WaitTimeout:
+        error = hub.broker.last_error
+        hub.close()
+        raise evws.BrokerError(f"cannot reach Redis at {url}: {error or 'no answer'}") from None
+    hub.on("unhealthy", lambda hub, error: log.warning("Redis connection lost: %s", error))
+    return hub
+
+
+def make_app(server, hub=None):
+    """The WSGI application: the page on /, the room on /ws (``hub``: in-process by default)."""
+    if hub is None:
+        hub = evws.Hub(loop=server.loop)
+
+    def publish(connection, message):
+        try:
+            hub.publish(ROOM, message)  # every member gets it back from the broker, once
+        except evws.BrokerUnavailable as exc:  # Redis down for long, its queue full
+            log.warning("message refused: %s", exc)
+            connection.close(1013, "chat unavailable, try again later")
 
     def join(connection):
-        room.add(connection)
-
-        @connection.on("each_message")
-        def broadcast(connection, message):
-            for member in list(room):
-                try:
-                    member.send(message)
-                except evws.ConnectionClosed:
-                    room.discard(member)
-
-        connection.on("finish", room.discard)
+        # Sent before joining, so it is the first message the page gets.
+        connection.send(f"you are on worker {os.getpid()}")
+        hub.join(connection, ROOM)  # left again when the connection finishes
+        connection.on("each_message", publish)
 
     def app(environ, start_response):
         path = environ["PATH_INFO"]
@@ -132,14 +178,28 @@ def make_app(server):
     return app
 
 
-def serve_worker(ctx, host, port, reservation):
-    """One worker of ``--workers N``: the page and its own room, on its own listener."""
+def serve_worker(ctx, host, port, reservation, redis):
+    """One worker of ``--workers N``: the page and the room, on its own listener."""
     reservation.close()  # the supervisor's port reservation; this worker listens itself
+    hub = open_hub(redis, ctx.loop)  # raises (the worker exits 1) if Redis does not answer
     server = evws.Server(max_payload_size=1 << 20, loop=ctx.loop)
-    http = evws.wsgi.WSGIServer(make_app(server), loop=ctx.loop)
+    http = evws.wsgi.WSGIServer(make_app(server, hub), loop=ctx.loop)
     http.listener = evws.tcp_server(host, port, http.handle, loop=ctx.loop, reuse_port=True)
     ctx.add_server(server)  # stop: close the room's connections (1001, or 1012 on SIGHUP)
-    ctx.on_stop(lambda code, reason: http.close())  # and the page's listener
+
+    def stop(code, reason):  # besides the server: the page's listener, and the hub's Redis links
+        http.close()
+        hub.close()
+
+    ctx.on_stop(stop)
+
+
+def redis_url(text):
+    try:
+        parse_redis_url(text)
+    except evws.BrokerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def main() -> None:
@@ -147,12 +207,32 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     parser.add_argument("--workers", type=int, default=0,
-                        help="worker processes on the port, each with its own room "
-                             "(default 0: one process)")
+                        help="worker processes on the port (default 0: one process); more "
+                             "than one needs --redis, for the room to span them")
+    parser.add_argument("--redis", type=redis_url, metavar="URL",
+                        help="put the room on Redis (redis://host[:port][/db]; needs "
+                             "pip install 'evws[redis]'), shared by every worker and server")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     args = parser.parse_args()
+    if args.workers > 1 and not args.redis:
+        parser.error(f"--workers {args.workers} without --redis: each worker would have a room of "
+                     "its own, and browsers on different workers would not see each other's "
+                     "messages; add --redis redis://127.0.0.1:6379/0 (or use one worker)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    where = ""
+    if args.redis:
+        address = parse_redis_url(args.redis)
+        where = f", the room on Redis at {address.host}:{address.port}"
+        # Say it once here rather than in a crash loop of workers.
+        check_loop = evws.Loop()
+        try:
+            open_hub(args.redis, check_loop).close()
+        except (evws.BrokerError, ImportError) as exc:
+            print(f"chat: {exc}", file=sys.stderr)
+            sys.exit(1)
+        finally:
+            check_loop.close()
 
     def announce(port, detail=""):
         print(f"chat on http://{args.host}:{port}/ (WebSocket ws://{args.host}:{port}/ws){detail}",
@@ -163,20 +243,23 @@ def main() -> None:
         reservation = evws.workers.reserve_port(args.host, args.port)
         port = reservation.getsockname()[1]
         status = evws.run_workers(
-            lambda ctx: serve_worker(ctx, args.host, port, reservation), args.workers,
-            on_ready=lambda: announce(port, f" with {args.workers} workers, one room each"))
+            lambda ctx: serve_worker(ctx, args.host, port, reservation, args.redis), args.workers,
+            on_ready=lambda: announce(
+                port, f" with {args.workers} worker{'s' if args.workers > 1 else ''}{where}"))
         reservation.close()
         sys.exit(status)
 
+    hub = open_hub(args.redis, evws.get_loop())
     server = evws.Server(max_payload_size=1 << 20)
-    http = evws.wsgi.serve(make_app(server), args.host, args.port)
-    announce(http.port)
+    http = evws.wsgi.serve(make_app(server, hub), args.host, args.port)
+    announce(http.port, where)
     try:
         evws.get_loop().run()
     except KeyboardInterrupt:
         pass
     finally:
         http.close()
+        hub.close()
 
 
 if __name__ == "__main__":

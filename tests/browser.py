@@ -49,8 +49,10 @@ def find_chromium() -> str | None:
 class Browser:
     """One headless browser process with a fresh profile, and its CDP socket."""
 
-    def __init__(self, proc: subprocess.Popen, profile: str, url: str, timeout: float) -> None:
+    def __init__(self, proc: subprocess.Popen, profile: str, url: str, timeout: float,
+                 pump: threading.Thread) -> None:
         self.proc = proc
+        self.pump = pump
         self.profile = profile
         self.timeout = timeout
         # Entered as a context manager (websockets >= 17.1 warns otherwise), left in close().
@@ -71,13 +73,15 @@ class Browser:
                                 stderr=subprocess.PIPE, text=True)
         lines: queue.Queue[str | None] = queue.Queue()
 
-        def pump() -> None:  # stderr must keep draining, or Chromium blocks on it
+        def drain() -> None:  # stderr must keep draining, or Chromium blocks on it
             assert proc.stderr is not None
             for line in proc.stderr:
                 lines.put(line)
+            proc.stderr.close()  # EOF: Chromium and its helpers are gone
             lines.put(None)
 
-        threading.Thread(target=pump, daemon=True).start()
+        pump = threading.Thread(target=drain, daemon=True)
+        pump.start()
         deadline = time.monotonic() + timeout
         seen: list[str] = []
         try:
@@ -90,9 +94,9 @@ class Browser:
                     raise BrowserError(f"chromium exited ({proc.wait()}): {''.join(seen)[-2000:]}")
                 seen.append(line)
                 if line.startswith("DevTools listening on "):
-                    return cls(proc, profile, line.split(" on ", 1)[1].strip(), timeout)
+                    return cls(proc, profile, line.split(" on ", 1)[1].strip(), timeout, pump)
         except BaseException:
-            _stop(proc, profile)
+            _stop(proc, profile, pump)
             raise
 
     # -- CDP messages ------------------------------------------------------------
@@ -156,7 +160,7 @@ class Browser:
         try:
             self._exits.close()
         finally:
-            _stop(self.proc, self.profile)
+            _stop(self.proc, self.profile, self.pump)
 
     def __enter__(self) -> Browser:
         return self
@@ -184,11 +188,13 @@ class Page:
         return result["result"].get("value")
 
 
-def _stop(proc: subprocess.Popen, profile: str) -> None:
+def _stop(proc: subprocess.Popen, profile: str, pump: threading.Thread) -> None:
+    """Stop Chromium; return once its stderr reached EOF (its helpers hold it too) and is closed."""
     proc.terminate()
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+    pump.join(timeout=5)
     shutil.rmtree(profile, ignore_errors=True)

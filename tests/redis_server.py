@@ -84,6 +84,11 @@ class RedisServer:
                                        stdout=subprocess.DEVNULL)
         self.proc.stdout.close()
 
+    def pids(self) -> set[int]:
+        """The processes this server runs as: redis-server and the reader of its output."""
+        procs = (self.proc, getattr(self, "_drain", None))
+        return {p.pid for p in procs if p is not None and p.poll() is None}
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no save; what a crash or an OOM kill does."""
         if self.proc is not None and self.proc.poll() is None:

@@ -113,7 +113,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("command, options", [
-    ("serve", ["--host", "--port", "--broadcast", "--workers", "SIGHUP", "--tls-cert", "--tls-key", "--subprotocol",
+    ("serve", ["--host", "--port", "--broadcast", "--workers", "SIGHUP", "--redis", "--room", "--worker-header",
+               "X-Evws-Worker", "evws[redis]", "--tls-cert", "--tls-key", "--subprotocol",
                "--max-payload-size", "--no-compression", "--verbose"]),
     ("connect", ["url", "--binary", "--header", "--subprotocol", "--origin", "--cafile",
                  "--insecure", "--timeout", "--max-payload-size", "--no-compression",

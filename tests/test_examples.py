@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from tests import wire
-from tests.servers import example_server
+from tests.servers import ROOT, example_server
 
 client = pytest.importorskip("websockets.sync.client")
 exceptions = pytest.importorskip("websockets.exceptions")
@@ -47,3 +50,16 @@ def test_handshake_path_raw_socket_gets_the_error_body():
                 data += chunk
         assert data.startswith(b"HTTP/1.1 400 ")
         assert b"Invalid month" in data
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers 2 without --redis: each worker would have a room of its own"),
+    (["--redis", "http://127.0.0.1/"], "not a redis:// URL"),
+])
+def test_chat_usage_errors_exit_2(args, message):
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "chat.py"), "--port", "0", *args],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())  # argparse wraps lines
+    assert "Traceback" not in result.stderr

@@ -365,12 +365,13 @@ def test_a_rolling_restart_whose_new_worker_fails_keeps_the_old_ones(loop):
 
 
 def test_chat_example_with_workers(loop):
+    # One worker: more need --redis (tests/test_chat_browser.py runs two through Redis).
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "chat.py"), "--port", "0",
-                             "--workers", "2"], env=ENV, text=True, stdin=subprocess.DEVNULL,
+                             "--workers", "1"], env=ENV, text=True, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lines = Lines(proc.stderr)
     try:
-        match = lines.wait_for(r"chat on http://127\.0\.0\.1:(\d+)/ .* with 2 workers, one room each")
+        match = lines.wait_for(r"chat on http://127\.0\.0\.1:(\d+)/ .* with 1 worker$")
         port = int(match.group(1))
         with socket.create_connection(("127.0.0.1", port), timeout=5) as page:
             page.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -379,6 +380,11 @@ def test_chat_example_with_workers(loop):
                 body += chunk
         assert body.startswith(b"HTTP/1.1 200") and b"evws chat" in body
         conn = evws.connect(f"ws://127.0.0.1:{port}/ws", loop=loop, timeout=5).recv(timeout=5)
+        welcome: list[str] = []
+        conn.on("next_message", lambda c, m: welcome.append(m.decoded_body))
+        run_until(loop, lambda: bool(welcome))
+        pid = int(re.fullmatch(r"you are on worker (\d+)", welcome[0]).group(1))
+        assert pid != proc.pid  # a worker, not the supervisor
         assert ask(loop, conn, "hello room") == "hello room"  # the sender is in its room
         codes: list[int | None] = []
         conn.on("finish", lambda c: codes.append(c.close_code))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import pathlib
 import socket
 import sys
@@ -528,6 +529,8 @@ def test_chat_example_page_broadcast_and_bad_upgrade():
         client.close()
         url = f"ws://127.0.0.1:{port}/ws"
         with ws_connect(url, open_timeout=TIMEOUT) as one, ws_connect(url, open_timeout=TIMEOUT) as two:
+            for ws in (one, two):  # the welcome comes first, then the room
+                assert ws.recv(timeout=TIMEOUT) == f"you are on worker {os.getpid()}"
             one.send("to everyone")
             assert two.recv(timeout=TIMEOUT) == "to everyone"
             assert one.recv(timeout=TIMEOUT) == "to everyone"

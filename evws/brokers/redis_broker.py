@@ -194,6 +194,17 @@ class RedisBroker(Broker):
         return self._healthy
 
     @property
+    def last_error(self) -> Optional[BaseException]:
+        """Why a connection to Redis last failed to come up or was lost, or None.
+
+        Kept after the connection recovers: with :attr:`healthy` it tells a
+        program that waits for Redis at start-up why it is still waiting
+        (refused, timed out, AUTH refused...).
+        """
+        errors = [e for e in (self._cmd.last_error, self._sub.last_error) if e is not None]
+        return errors[0] if errors else None
+
+    @property
     def pending(self) -> int:
         """Publishes not yet answered by Redis (queued while down, or in flight)."""
         return len(self._pending) + len(self._in_flight)
