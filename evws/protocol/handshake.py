@@ -77,10 +77,10 @@ def generate_key() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
-def _has_token(headers: Headers, name: str, token: str) -> bool:
+def _has_token(values: list[str], token: str) -> bool:
     # Upgrade and Connection are comma-separated lists, compared
     # case-insensitively ("keep-alive, Upgrade" is a valid Connection).
-    return any(item.lower() == token for item in split_header_list(headers.get_all(name)))
+    return any(item.lower() == token for item in split_header_list(values))
 
 
 def _parse_cookies(values: Iterable[str]) -> dict[str, str]:
@@ -297,39 +297,42 @@ def check_request(request: Request) -> None:
       (RFC 6455 4.4), checked before the key because clients of old drafts
       send keys of another form.
     """
-    headers = request.headers
+    # One scan of the fields for every lookup below.
+    fields = request.headers.by_name()
+    none: list[str] = []
     # 4.2.1 item 1: "An HTTP/1.1 or higher GET request".
     if request.method != "GET":
         raise http_error(400, f"WebSocket handshake must use GET, not {request.method}")
-    match = re.fullmatch(r"HTTP/([0-9])\.([0-9])", request.http_version)
-    if match is None or (int(match[1]), int(match[2])) < (1, 1):
+    version = request.http_version
+    match = None if version == "HTTP/1.1" else re.fullmatch(r"HTTP/([0-9])\.([0-9])", version)
+    if version != "HTTP/1.1" and (match is None or (int(match[1]), int(match[2])) < (1, 1)):
         raise http_error(400, f"WebSocket handshake needs HTTP/1.1 or later, not {request.http_version}")
     if not request.resource_name.startswith("/"):
         raise http_error(400, f"invalid WebSocket resource name: {request.resource_name}")
     # 4.2.1 item 2 (and RFC 7230 5.4: no Host, or several, is a 400).
-    hosts = headers.get_all("Host")
+    hosts = fields.get("host", none)
     if len(hosts) != 1:
         raise http_error(400, "missing Host header" if not hosts else "more than one Host header")
     # A handshake has no body; one would be read as frames.
-    if "Transfer-Encoding" in headers:
+    if "transfer-encoding" in fields:
         raise http_error(400, "WebSocket handshake must not have a body (Transfer-Encoding)")
-    lengths = headers.get_all("Content-Length")
+    lengths = fields.get("content-length", none)
     if any(length.strip() != "0" for length in lengths):
         raise http_error(400, "WebSocket handshake must not have a body (Content-Length)")
     # 4.2.1 item 3: "An |Upgrade| header field containing the value
     # "websocket", treated as an ASCII case-insensitive value."
-    if not _has_token(headers, "Upgrade", "websocket"):
+    if not _has_token(fields.get("upgrade", none), "websocket"):
         raise http_error(400, "missing 'Upgrade: websocket' header")
     # 4.2.1 item 4: "A |Connection| header field that includes the token
     # "Upgrade", treated as an ASCII case-insensitive value."
-    if not _has_token(headers, "Connection", "upgrade"):
+    if not _has_token(fields.get("connection", none), "upgrade"):
         raise http_error(400, "missing 'Connection: Upgrade' header")
     # 4.2.1 item 6 and 4.4: "If this version does not match a version
     # understood by the server, the server MUST abort the WebSocket handshake
     # [...] and instead send an appropriate HTTP error code (such as 426
     # Upgrade Required) and a |Sec-WebSocket-Version| header field".
     if request.version != 13:
-        found = ", ".join(headers.get_all("Sec-WebSocket-Version")) or "none"
+        found = ", ".join(fields.get("sec-websocket-version", none)) or "none"
         raise http_error(
             426,
             f"unsupported WebSocket version ({found}); this server speaks version 13",
@@ -337,7 +340,7 @@ def check_request(request: Request) -> None:
         )
     # 4.2.1 item 5: "A |Sec-WebSocket-Key| header field with a base64-encoded
     # value that, when decoded, is 16 bytes in length."
-    keys = headers.get_all("Sec-WebSocket-Key")
+    keys = fields.get("sec-websocket-key", none)
     if len(keys) != 1:
         raise http_error(
             400, "missing Sec-WebSocket-Key header" if not keys else "more than one Sec-WebSocket-Key header"
@@ -411,7 +414,7 @@ class Response:
                 raise ValueError(f"invalid cookie name: {name!r}")
             fields.append(("Set-Cookie", f"{name}={value}"))
         try:
-            fields += Headers(self.headers).items()
+            fields += self.headers.items() if type(self.headers) is Headers else Headers(self.headers).items()
         except TypeError as exc:  # e.g. an int value: refuse it like a bad one
             raise ValueError(str(exc)) from None
         return serialize_response(self.status, fields)
@@ -501,9 +504,9 @@ def check_response(
     # "If the response lacks an |Upgrade| header field or the |Upgrade| header
     # field contains a value that is not an ASCII case-insensitive match for
     # the value "websocket", the client MUST _Fail the WebSocket Connection_."
-    if not _has_token(headers, "Upgrade", "websocket"):
+    if not _has_token(headers.get_all("Upgrade"), "websocket"):
         raise fail("server response lacks 'Upgrade: websocket'")
-    if not _has_token(headers, "Connection", "upgrade"):
+    if not _has_token(headers.get_all("Connection"), "upgrade"):
         raise fail("server response lacks 'Connection: Upgrade'")
     accepts = headers.get_all("Sec-WebSocket-Accept")
     expected = accept_key(key)

@@ -78,6 +78,16 @@ _REQUEST_LINE = re.compile(b"(" + _TCHAR.encode() + rb"+) ([\x21-\x7e]+) (HTTP/[
 # RFC 7230 3.1.2: status-line = HTTP-version SP status-code SP reason-phrase
 # CRLF. A missing final SP (empty reason) is tolerated: some servers omit it.
 _STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e]*))?")
+#: A header line evws may write: ``name: value``.
+_HEADER_LINE = re.compile(_TCHAR + "+: " + _FIELD_CHARS + "*")
+# The field lines of a head, each ending in CRLF: checked in one pass (the
+# value may hold SP and HTAB, so the optional whitespace around it needs no
+# separate pattern, and nothing can backtrack). A head it refuses is walked
+# line by line to say what is wrong.
+_FIELD_BLOCK = re.compile(b"(?:" + _TCHAR.encode() + b"+:" + _FIELD_CHARS.encode() + rb"*\r\n)*")
+# One checked field line, decoded: name, then the value with its leading
+# whitespace skipped (the trailing one is stripped after).
+_FIELD_PAIR = re.compile("(" + _TCHAR + r"+):[ \t]*([^\r]*)\r\n")
 # A LF that is not preceded by CR: the peer uses bare-LF line endings.
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -119,6 +129,10 @@ def split_header_list(values: Iterable[str]) -> list[str]:
     """
     items: list[str] = []
     for value in values:
+        if '"' not in value:
+            # No quoted string (the usual case): a plain split is the same.
+            items += value.split(",")
+            continue
         begin = i = 0
         n = len(value)
         while i < n:
@@ -127,11 +141,11 @@ def split_header_list(values: Iterable[str]) -> list[str]:
                 i = quoted_string(value, i)[1]
                 continue
             if char == ",":
-                items.append(value[begin:i].strip())
+                items.append(value[begin:i])
                 begin = i + 1
             i += 1
-        items.append(value[begin:].strip())
-    return [item for item in items if item]
+        items.append(value[begin:])
+    return [item for item in map(str.strip, items) if item]
 
 
 class Headers:
@@ -170,15 +184,41 @@ class Headers:
         fields = self._fields
         return (i for i in range(0, len(fields), 2) if fields[i].lower() == key)
 
+    # get/get_all/__contains__ scan the flat list themselves instead of going
+    # through _indexes: a handshake looks up about ten names, and a generator
+    # per lookup was a measurable share of a connection's set-up (churn).
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of ``name``, or ``default`` if absent."""
-        for i in self._indexes(name):
-            return self._fields[i + 1]
+        key = name.lower()
+        fields = self._fields
+        for i in range(0, len(fields), 2):
+            if fields[i].lower() == key:
+                return fields[i + 1]
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of ``name`` in order (an empty list if absent)."""
-        return [self._fields[i + 1] for i in self._indexes(name)]
+        key = name.lower()
+        fields = self._fields
+        return [fields[i + 1] for i in range(0, len(fields), 2) if fields[i].lower() == key]
+
+    def by_name(self) -> dict[str, list[str]]:
+        """Every value of each name, keyed by the lower-case name, in one pass.
+
+        For code that looks up many names at once (the handshake checks
+        about ten): one scan of the fields instead of one per lookup.
+        """
+        grouped: dict[str, list[str]] = {}
+        fields = self._fields
+        for i in range(0, len(fields), 2):
+            key = fields[i].lower()
+            values = grouped.get(key)
+            if values is None:
+                grouped[key] = [fields[i + 1]]
+            else:
+                values.append(fields[i + 1])
+        return grouped
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -197,7 +237,9 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return any(True for _ in self._indexes(name))
+        key = name.lower()
+        fields = self._fields
+        return any(fields[i].lower() == key for i in range(0, len(fields), 2))
 
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any other field of the same name."""
@@ -319,9 +361,14 @@ def _fields_of(headers: HeadersLike) -> list[tuple[str, str]]:
 
 def _serialize_head(start_line: str, headers: HeadersLike, body: bytes) -> bytes:
     lines = [start_line]
+    check_line = _HEADER_LINE.fullmatch
     for name, value in _fields_of(headers):
-        _check_field(name, value)
-        lines.append(f"{name}: {value}")
+        # One match of the whole line in the usual case; _check_field says
+        # what is wrong otherwise.
+        if type(name) is not str or type(value) is not str or not check_line(line := f"{name}: {value}"):
+            _check_field(name, value)
+            raise AssertionError("unreachable: _check_field refused nothing")  # pragma: no cover
+        lines.append(line)
     lines.append("")
     lines.append("")
     return "\r\n".join(lines).encode("ascii") + bytes(body)
@@ -455,45 +502,58 @@ class _HeadParser:
         whole = bytes(self._buffer) + bytes(data)
         self.leftover = whole[head_size:]
         self._buffer = bytearray()
-        lines = whole[: head_size - len(_END_OF_HEAD)].split(_CRLF)
-        head = self._parse(lines[0], self._parse_fields(lines[1:]))
+        # The start line, then every field line with its CRLF.
+        start_end = whole.find(_CRLF)
+        head = self._parse(whole[:start_end], self._parse_fields(whole[start_end + 2:head_size - 2]))
         self._head = head
         return head
 
     def _parse(self, start_line: bytes, headers: Headers) -> RequestHead | ResponseHead:
         raise NotImplementedError
 
-    def _parse_fields(self, lines: list[bytes]) -> Headers:
-        if len(lines) > self.max_headers:
+    def _parse_fields(self, block: bytes) -> Headers:
+        if block.count(_CRLF) > self.max_headers:
             raise self._fail(400, f"too many HTTP header fields (more than {self.max_headers})")
-        headers = Headers()
-        for line in lines:
-            # RFC 7230 3.2.4: "A server that receives an obs-fold in a request
-            # message [...] MUST either reject the message by sending a 400".
-            if line[:1] in (b" ", b"\t"):
-                raise self._fail(400, "malformed HTTP header: obsolete line folding")
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise self._fail(400, f"malformed HTTP header (no colon): {_show(line)}")
-            # RFC 7230 3.2.4: "No whitespace is allowed between the
-            # header field-name and colon [...] MUST reject [...] with 400".
-            if name[-1:] in (b" ", b"\t"):
-                raise self._fail(400, f"malformed HTTP header (space before colon): {_show(name)}")
-            if not _TOKEN.fullmatch(name):
-                raise self._fail(400, f"malformed HTTP header name: {_show(name)}")
-            value = value.strip(b" \t")
-            if not _FIELD_VALUE.fullmatch(value):
-                raise self._fail(
-                    400, f"malformed HTTP header value for {name.decode('ascii')}: {_show(value)}"
-                )
+        if not _FIELD_BLOCK.fullmatch(block):
+            for line in block.split(_CRLF)[:-1]:
+                error = self._field_error(line)
+                if error is not None:
+                    raise error
+            raise AssertionError("unreachable: a refused head has a bad line")  # pragma: no cover
+        fields: list[str] = []
+        intern = sys.intern
+        # Checked, so the block is ASCII: decoded once, not per value.
+        for name, value in _FIELD_PAIR.findall(block.decode("ascii")):
+            value = value.rstrip(" \t")
             # Interned: the same few names (and short values such as
             # "websocket", "13") would otherwise be held again by every
             # idle connection's kept Request (evws keeps an idle connection under 3 KiB).
-            text = value.decode("ascii")
-            headers.add(sys.intern(name.decode("ascii")),
-                        sys.intern(text) if len(text) <= 16 else text)
-        headers._fields = headers._fields[:]  # no spare room: the head is kept
+            fields += (intern(name), intern(value) if len(value) <= 16 else value)
+        headers = Headers()
+        headers._fields = fields
         return headers
+
+    def _field_error(self, line: bytes) -> HandshakeError | None:
+        """The precise error for a bad field line (None for a good one)."""
+        # RFC 7230 3.2.4: "A server that receives an obs-fold in a request
+        # message [...] MUST either reject the message by sending a 400".
+        if line[:1] in (b" ", b"\t"):
+            return self._fail(400, "malformed HTTP header: obsolete line folding")
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return self._fail(400, f"malformed HTTP header (no colon): {_show(line)}")
+        # RFC 7230 3.2.4: "No whitespace is allowed between the
+        # header field-name and colon [...] MUST reject [...] with 400".
+        if name[-1:] in (b" ", b"\t"):
+            return self._fail(400, f"malformed HTTP header (space before colon): {_show(name)}")
+        if not _TOKEN.fullmatch(name):
+            return self._fail(400, f"malformed HTTP header name: {_show(name)}")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.fullmatch(value):
+            return self._fail(
+                400, f"malformed HTTP header value for {name.decode('ascii')}: {_show(value)}"
+            )
+        return None
 
 
 def _show(data: bytes) -> str:
