@@ -26,6 +26,7 @@ from .errors import (
     PayloadTooBig,
     ProtocolError,
     RecursiveWaitError,
+    RedirectError,
     WaitTimeout,
     WebSocketError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "Prepared",
     "ProtocolError",
     "RecursiveWaitError",
+    "RedirectError",
     "RedisBroker",
     "Request",
     "Response",
