@@ -7,7 +7,8 @@ import evws
 
 NAMES = ["Loop", "get_loop", "CondVar", "tcp_server", "Server", "Request", "Response",
          "Connection", "Message", "WebSocketError", "HandshakeError", "ProtocolError",
-         "PayloadTooBig", "ConnectionClosed", "RecursiveWaitError", "RedirectError"]
+         "PayloadTooBig", "ConnectionClosed", "RecursiveWaitError", "RedirectError",
+         "ReconnectPolicy", "ReconnectingClient", "reconnecting", "retryable"]
 
 
 def test_public_names():
