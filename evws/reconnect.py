@@ -164,6 +164,7 @@ class ReconnectingClient(Emitter):
         self.connection: Optional[Connection] = None
         self.attempt = 0
         self.error: Optional[BaseException] = None
+        self._started = False
         self._finished = False
         self._closing: Optional[tuple[int, str]] = None
         self._timer: Optional[Timer] = None
@@ -189,14 +190,18 @@ class ReconnectingClient(Emitter):
                 option), at once.
             RuntimeError: started already.
         """
-        if self.attempt or self._finished:
+        if self._started:
             raise RuntimeError("this ReconnectingClient was started already")
+        self._started = True
         self._connect()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Stop for good: close the connection (``code``, ``reason``), or cancel
-        the wait or the connect in flight; ``finish(None)`` follows once nothing
-        is left open (at once when waiting). Calling it again does nothing."""
+        the wait; ``finish(None)`` follows once nothing is left open -- at once
+        when waiting, after the closing handshake when connected. A connect in
+        flight cannot be cancelled: it ends first (at most its ``timeout``), and
+        a connection it opened is closed at once, unannounced. Calling it again
+        does nothing."""
         if self._finished or self._closing is not None:
             return
         self._closing = (code, reason)

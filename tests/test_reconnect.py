@@ -265,3 +265,13 @@ def test_retryable():
     assert retryable(evws.HandshakeError("later", status=429, headers=answered))
     assert not retryable(evws.HandshakeError("no", status=403, headers=answered))
     assert not retryable(evws.RedirectError("loop", status=302, headers=answered))
+
+
+def test_start_only_once(loop):
+    client = evws.reconnecting(f"ws://127.0.0.1:{closed_port()}/", ReconnectPolicy(**FAST),
+                               loop=loop)
+    with pytest.raises(RuntimeError):
+        client.start()
+    client.close()
+    run_until(loop, lambda: client.finished)
+    assert no_timers_or_watchers(loop)
