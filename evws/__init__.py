@@ -26,6 +26,7 @@ from .errors import (
     PayloadTooBig,
     ProtocolError,
     RecursiveWaitError,
+    RedirectError,
     WaitTimeout,
     WebSocketError,
 )
@@ -38,6 +39,7 @@ from .reactor.loop import Loop, get_loop
 from .reactor.process import ExitStatus, run_cmd
 from .reactor.stream import Stream
 from .reactor.tcp import TcpServer, tcp_connect, tcp_server
+from .reconnect import ReconnectingClient, ReconnectPolicy, reconnecting, retryable
 from .server import Server
 from .workers import Supervisor, WorkerContext
 from .workers import run as run_workers
@@ -71,7 +73,10 @@ __all__ = [
     "PayloadTooBig",
     "Prepared",
     "ProtocolError",
+    "ReconnectPolicy",
+    "ReconnectingClient",
     "RecursiveWaitError",
+    "RedirectError",
     "RedisBroker",
     "Request",
     "Response",
@@ -87,6 +92,8 @@ __all__ = [
     "connection_pair",
     "get_loop",
     "prepare",
+    "reconnecting",
+    "retryable",
     "run_workers",
     "run_cmd",
     "tcp_connect",

@@ -53,6 +53,7 @@ from .connection import Connection
 from .errors import BrokerError, BrokerUnavailable, ConnectionClosed, HandshakeError, WebSocketError
 from .hub import Hub
 from .message import Message
+from .protocol.http import TOKEN
 from .reactor.condvar import CondVar
 from .reactor.loop import Handle, IoWatcher, Loop, get_loop
 from .server import Server
@@ -103,6 +104,12 @@ def _redis_url(text: str) -> str:
         parse_redis_url(text)
     except BrokerError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _subprotocol_name(text: str) -> str:
+    if not TOKEN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a subprotocol name (an HTTP token): {text!r}")
     return text
 
 
@@ -163,8 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="certificate chain (PEM) for wss://; may hold the key too")
     serve.add_argument("--tls-key", metavar="PEM", help="private key (PEM), if not in --tls-cert")
     serve.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
-                       help="subprotocol to accept when a client offers it (repeatable; the "
-                            "client's first offer that is in this list wins)")
+                       type=_subprotocol_name,
+                       help="subprotocol to accept when a client offers it (repeatable, in "
+                            "this server's order of preference: the first one given that the "
+                            "client offers wins)")
+    serve.add_argument("--require-subprotocol", action="store_true",
+                       help="refuse (HTTP 400) a client that offers none of the --subprotocol "
+                            "names (needs at least one --subprotocol)")
 
     conn = commands.add_parser(
         "connect", parents=[common], help="connect to a WebSocket server interactively",
@@ -229,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             command_parser.error("--room needs --redis")
         if args.room is not None and not args.room:
             command_parser.error("--room wants a non-empty name")
+        if args.require_subprotocol and not args.subprotocol:
+            command_parser.error("--require-subprotocol needs at least one --subprotocol")
         return serve(args)
     headers = _parse_headers(command_parser, args.header)
     return connect(args, headers)
@@ -249,19 +263,14 @@ def _make_server(args: argparse.Namespace, loop: Loop) -> Server:
     Raises:
         OSError, ValueError: the TLS files cannot be used.
     """
-    subprotocols: list[str] = args.subprotocol
     worker_header: bool = args.worker_header
 
     def handshake(request: Any, response: Any) -> Any:
-        for offered in request.subprotocols:
-            if offered in subprotocols:
-                response.subprotocol = offered
-                break
-        if worker_header:
-            response.headers.set(WORKER_HEADER, str(os.getpid()))
+        response.headers.set(WORKER_HEADER, str(os.getpid()))
         return response
 
-    return Server(handshake=handshake if subprotocols or worker_header else None,
+    return Server(handshake=handshake if worker_header else None,
+                  subprotocols=args.subprotocol, require_subprotocol=args.require_subprotocol,
                   max_payload_size=args.max_payload_size or None,
                   compression=None if args.no_compression else "deflate",
                   ssl_cert_file=args.tls_cert, ssl_key_file=args.tls_key, loop=loop)
@@ -582,6 +591,14 @@ def _show(message: Message, out: TextIO) -> None:
     out.flush()
 
 
+def _refusal_body(body: bytes, limit: int = 200) -> str:
+    """A refusal's body for the error line: the server's reason, on one line, cut at ``limit``."""
+    text = " ".join(body.decode("utf-8", "replace").split())
+    if not text:
+        return ""
+    return f" ({text[:limit]}{'...' if len(text) > limit else ''})"
+
+
 def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
             loop: Loop | None = None) -> int:
     """``connect``: stdin lines out, messages in; returns the exit status."""
@@ -599,7 +616,7 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
             compression=None if args.no_compression else "deflate",
             timeout=args.timeout, loop=loop).recv()
     except HandshakeError as exc:
-        _err(f"cannot connect to {args.url}: {exc}")
+        _err(f"cannot connect to {args.url}: {exc}{_refusal_body(exc.body)}")
         return 1
     except (OSError, WebSocketError, ValueError) as exc:
         _err(f"cannot connect to {args.url}: {exc.__class__.__name__}: {exc}")

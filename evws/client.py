@@ -30,8 +30,11 @@ an ``OSError``, trouble in the server's answer a ``HandshakeError``:
   answer is complete: ``HandshakeError`` (``.status`` 101 or, for an answer
   cut short or malformed, 400 as :class:`ResponseHeadParser` reports it).
 
-Redirects are not followed (a 3xx is a ``HandshakeError`` with ``.headers``
-holding ``Location``).
+Redirects (301, 302, 303, 307, 308 with a ``Location``) are followed, at
+most ``max_redirects`` times (default 10; 0: a 3xx is a ``HandshakeError``
+with ``.headers`` holding ``Location``), one ``timeout`` for the whole chain;
+one that cannot be followed croaks :class:`~evws.RedirectError`. The rules
+are in :mod:`evws.redirect`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import errno
 import socket
 import ssl
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 from urllib.parse import unquote, urlsplit
 
 from .connection import Connection
@@ -55,6 +58,7 @@ from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
 from .reactor.tcp import tcp_connect
 from .reactor.tls import client_context, start_tls
+from .redirect import follow_redirects, without_credentials
 
 __all__ = ["Client", "connect", "connection_pair", "parse_url"]
 
@@ -73,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout": _OPTION_DEFAULTS.handshake_timeout,
     **{name: getattr(_OPTION_DEFAULTS, name) for name in (
         "max_payload_size", "max_fragments", "close_timeout", "ping_interval", "ping_timeout",
-        "high_water", "low_water", "max_handshake_size", "max_error_body")},
+        "high_water", "low_water", "max_handshake_size", "max_error_body", "max_redirects")},
 }
 
 
@@ -120,8 +124,9 @@ class Client:
     of :func:`connect`, plus ``max_fragments`` (most frames per message),
     ``ping_interval``/``ping_timeout``/``high_water``/``low_water`` (keepalive
     and flow control, as on the server's connections), ``max_handshake_size``
-    (largest response head) and ``max_error_body`` (how much of a refusal's
-    body is kept).
+    (largest response head), ``max_error_body`` (how much of a refusal's
+    body is kept) and ``max_redirects`` (most redirects followed, default 10;
+    0: none; see :mod:`evws.redirect`).
 
     Raises:
         TypeError: an unknown option.
@@ -147,6 +152,10 @@ class Client:
         if unknown:
             raise TypeError(f"unknown connect option(s): {', '.join(sorted(unknown))}")
         settings = {**self.defaults, **overrides}
+        return _follow_redirects(url, settings, self._connect_once)
+
+    def _connect_once(self, url: str, settings: dict[str, Any]) -> CondVar:
+        """One hop of :meth:`connect`: TCP, TLS and the handshake to ``url``."""
         secure, host, port, resource, host_header = parse_url(url)
         loop = settings["loop"] or get_loop()
         options = _options(settings)
@@ -169,6 +178,19 @@ class Client:
         return cv
 
 
+def _follow_redirects(url: str, settings: dict[str, Any],
+                      connect_once: Callable[[str, dict[str, Any]], CondVar]) -> CondVar:
+    """:meth:`Client.connect`, redirects followed by the rules of :mod:`evws.redirect`."""
+    def hop(target: str, *, timeout: Optional[float], drop_credentials: bool) -> CondVar:
+        headers = settings["headers"]
+        if drop_credentials:
+            headers = without_credentials(headers)
+        return connect_once(target, {**settings, "timeout": timeout, "headers": headers})
+
+    return follow_redirects(url, hop, loop=settings["loop"] or get_loop(),
+                            max_redirects=settings["max_redirects"], timeout=settings["timeout"])
+
+
 def _options(settings: dict[str, Any]) -> Options:
     """The :class:`Options` of one connect, from the keyword arguments."""
     return Options(
@@ -177,7 +199,7 @@ def _options(settings: dict[str, Any]) -> Options:
         close_timeout=settings["close_timeout"], ping_interval=settings["ping_interval"],
         ping_timeout=settings["ping_timeout"], high_water=settings["high_water"],
         low_water=settings["low_water"], deflate=deflate_config_of(settings["compression"]),
-        max_error_body=settings["max_error_body"])
+        max_error_body=settings["max_error_body"], max_redirects=settings["max_redirects"])
 
 
 def _header_items(headers: Optional[HeadersLike]) -> Iterable[tuple[str, str]]:

@@ -4,6 +4,8 @@
 
     WebSocketError
     ├── HandshakeError        opening handshake refused; carries .status and a ready .response
+    │   └── RedirectError     (client) a redirect that cannot be followed: too many, a bad
+    │                         Location, or wss:// to ws://
     ├── ProtocolError         the peer broke RFC 6455; carries the .close_code to fail with (1002)
     │   ├── InvalidUTF8       text or close reason is not UTF-8 (1007)
     │   └── PayloadTooBig     a message exceeds max_payload_size (1009)
@@ -27,6 +29,7 @@ from typing import Any
 __all__ = [
     "WebSocketError",
     "HandshakeError",
+    "RedirectError",
     "ProtocolError",
     "InvalidUTF8",
     "PayloadTooBig",
@@ -68,6 +71,23 @@ class HandshakeError(WebSocketError):
         self.response = response
         self.body = body
         self.headers = headers
+
+
+class RedirectError(HandshakeError):
+    """The client met a redirect it will not follow.
+
+    Raised (croaked by ``connect``) for more than ``max_redirects`` redirects,
+    a ``Location`` that is not a usable ws/wss (or http/https) URL, and a
+    redirect from ``wss://`` to ``ws://`` (a TLS downgrade). ``status``,
+    ``headers`` and ``body`` are those of the 3xx answer; ``location`` is its
+    ``Location`` value and ``url`` the URL that answered it.
+    """
+
+    def __init__(self, message: str, *, status: int, headers: Any = None, body: bytes = b"",
+                 location: str = "", url: str = "") -> None:
+        super().__init__(message, status=status, body=body, headers=headers)
+        self.location = location
+        self.url = url
 
 
 class ProtocolError(WebSocketError):

@@ -57,6 +57,9 @@ class Options:
         deflate: the permessage-deflate parameters to offer or accept, or
             ``None`` for no compression.
         max_error_body: (client) most bytes of a refusal's body kept.
+        max_redirects: (client) most HTTP redirects (301, 302, 303, 307, 308
+            with a ``Location``) an opening handshake follows, 10 as in
+            ``websockets``; ``0``: none (the 3xx is a ``HandshakeError``).
     """
 
     max_payload_size: Optional[int] = 1 << 20
@@ -70,6 +73,7 @@ class Options:
     low_water: Optional[int] = 16 * 1024
     deflate: Optional[DeflateConfig] = DeflateConfig()
     max_error_body: int = 65536
+    max_redirects: int = 10
 
     def __post_init__(self) -> None:
         for name in ("max_payload_size", "max_fragments", "high_water", "low_water"):
@@ -86,6 +90,9 @@ class Options:
                 raise ValueError(f"{name} must be None or a number >= 0, not {value!r}")
         if not isinstance(self.close_timeout, (int, float)) or self.close_timeout < 0:
             raise ValueError(f"close_timeout must be a number >= 0, not {self.close_timeout!r}")
+        if (not isinstance(self.max_redirects, int) or isinstance(self.max_redirects, bool)
+                or self.max_redirects < 0):
+            raise ValueError(f"max_redirects must be an int >= 0, not {self.max_redirects!r}")
         if self.ping_interval == 0:
             raise ValueError("ping_interval must be > 0 (None disables keepalive)")
         if self.deflate is not None and not isinstance(self.deflate, DeflateConfig):

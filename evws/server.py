@@ -22,14 +22,14 @@ import logging
 import socket
 import ssl
 from functools import partial
-from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Mapping, MutableMapping, Optional, Tuple, Union
 
 from .connection import Connection
 from .errors import HandshakeError
 from .options import Options, deflate_config_of
 from .protocol.deflate import DeflateConfig
-from .protocol.handshake import Request, Response, parse_request
-from .protocol.http import Headers, RequestHead, http_error
+from .protocol.handshake import Request, Response, choose_subprotocol, parse_request
+from .protocol.http import TOKEN, Headers, RequestHead, http_error
 from .protocol.server import RawResponse, ServerProtocol
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
@@ -88,6 +88,20 @@ class Server:
         options: a ready :class:`~evws.Options` instead of the limit, timeout,
             keepalive, flow-control and compression keywords above (which
             are then ignored); shared by every connection of this server.
+        subprotocols: the subprotocols this server speaks, in its order of
+            preference: the first one the client offers is chosen (the
+            client's order does not matter).
+        require_subprotocol: refuse (HTTP 400, the body naming what this
+            server speaks) a client that offers none of ``subprotocols``;
+            by default it is accepted without a subprotocol.
+
+    The order in which a request is decided: the protocol checks it (400,
+    426...); a server shutting down refuses it (503); the subprotocol is
+    chosen from ``subprotocols`` -- or, with ``require_subprotocol`` and no
+    match, the request is refused (400) before any callback runs; then
+    ``handshake`` (or ``validator``) sees the request and the default
+    response with ``subprotocol`` already set, and may change it (to another
+    offered one, or ``None``) or reject the request.
 
     The agreed extension is the ``extensions`` of the default response handed
     to ``handshake``: set it to ``None`` there to refuse compression. A raw
@@ -121,6 +135,8 @@ class Server:
         compression: Optional[str] = "deflate",
         deflate_config: Optional[DeflateConfig] = None,
         options: Optional[Options] = None,
+        subprotocols: Iterable[str] = (),
+        require_subprotocol: bool = False,
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"compression must be 'deflate' or None, not {compression!r}")
@@ -132,6 +148,12 @@ class Server:
             ssl_context = server_context(ssl_cert_file, ssl_key_file)
         #: the server's ``ssl.SSLContext``, or None for plain TCP
         self.ssl_context = ssl_context
+        #: the subprotocols spoken, in order of preference (see ``subprotocols``)
+        self.subprotocols = _checked_subprotocols(subprotocols)
+        if require_subprotocol and not self.subprotocols:
+            raise ValueError("require_subprotocol needs subprotocols")
+        #: refuse a client that offers none of :attr:`subprotocols` (HTTP 400)
+        self.require_subprotocol = require_subprotocol
         self.handshake = handshake
         self.validator = validator
         #: "deflate" (permessage-deflate, RFC 7692, when the client offers it) or None
@@ -323,6 +345,12 @@ class Server:
             request.peer = peer
         if self._shutting_down:
             raise http_error(503, "server shutting down")
+        if self.subprotocols:
+            default.subprotocol = choose_subprotocol(Request.subprotocols.peek(request),
+                                                     self.subprotocols)
+            if default.subprotocol is None and self.require_subprotocol:
+                raise http_error(400, "no acceptable subprotocol: this server speaks "
+                                      f"{', '.join(self.subprotocols)}")
         if self.handshake is not None:
             result = _call_user(self.handshake, request, default)
             if result is None:
@@ -340,6 +368,24 @@ class Server:
                 return default, ()
             return default, result if isinstance(result, tuple) else (result,)
         return default, ()
+
+
+def _checked_subprotocols(subprotocols: Iterable[str]) -> tuple[str, ...]:
+    """``subprotocols`` as a tuple of tokens (RFC 6455 4.1: each is a token).
+
+    Raises:
+        TypeError: a plain string (which would be taken letter by letter).
+        ValueError: a name that is not an HTTP token, or a repeated one.
+    """
+    if isinstance(subprotocols, (str, bytes)):
+        raise TypeError(f"subprotocols must be a list of names, not {subprotocols!r}")
+    names = tuple(subprotocols)
+    for name in names:
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
+            raise ValueError(f"a subprotocol must be an HTTP token, not {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"subprotocols repeats a name: {', '.join(names)}")
+    return names
 
 
 def _call_user(fn: Callable[..., Any], *args: Any) -> Any:

@@ -115,6 +115,7 @@ def free_port() -> int:
 @pytest.mark.parametrize("command, options", [
     ("serve", ["--host", "--port", "--broadcast", "--workers", "SIGHUP", "--redis", "--room", "--worker-header",
                "X-Evws-Worker", "evws[redis]", "--tls-cert", "--tls-key", "--subprotocol",
+               "--require-subprotocol",
                "--max-payload-size", "--no-compression", "--verbose"]),
     ("connect", ["url", "--binary", "--header", "--subprotocol", "--origin", "--cafile",
                  "--insecure", "--timeout", "--max-payload-size", "--no-compression",

@@ -90,7 +90,8 @@ def test_guides_exist_and_cover_their_topics():
     guide = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
     for topic in ("get_loop", "CondVar", "Server(", "evws.connect(", "ssl_cert_file",
                   "permessage-deflate", "connection_pair", "evws.wsgi", "max_payload_size",
-                  "high_water", "drain", "python -m evws"):
+                  "high_water", "drain", "python -m evws", "evws.reconnecting(",
+                  "max_redirects", "require_subprotocol"):
         assert topic in guide, topic
     porting = (ROOT / "docs" / "porting.md").read_text(encoding="utf-8")
     assert porting.count("```perl") >= 3 and porting.count("```python") >= 3

@@ -7,7 +7,8 @@ import evws
 
 NAMES = ["Loop", "get_loop", "CondVar", "tcp_server", "Server", "Request", "Response",
          "Connection", "Message", "WebSocketError", "HandshakeError", "ProtocolError",
-         "PayloadTooBig", "ConnectionClosed", "RecursiveWaitError"]
+         "PayloadTooBig", "ConnectionClosed", "RecursiveWaitError", "RedirectError",
+         "ReconnectPolicy", "ReconnectingClient", "reconnecting", "retryable"]
 
 
 def test_public_names():
@@ -18,9 +19,11 @@ def test_public_names():
 
 def test_one_error_tree():
     for name in ["HandshakeError", "ProtocolError", "PayloadTooBig", "ConnectionClosed",
-                 "RecursiveWaitError", "InvalidUTF8", "WaitTimeout", "CroakError"]:
+                 "RecursiveWaitError", "InvalidUTF8", "WaitTimeout", "CroakError",
+                 "RedirectError"]:
         assert issubclass(getattr(evws, name), evws.WebSocketError)
     assert issubclass(evws.RecursiveWaitError, RuntimeError)
+    assert issubclass(evws.RedirectError, evws.HandshakeError)
 
 
 def test_no_asyncio_in_the_package():

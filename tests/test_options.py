@@ -16,7 +16,7 @@ def test_frozen_and_checked():
         DEFAULTS.close_timeout = 1.0  # type: ignore[misc]
     for bad in ({"max_payload_size": -1}, {"high_water": 10, "low_water": 20},
                 {"close_timeout": -1}, {"ping_timeout": "soon"}, {"max_handshake_size": 0},
-                {"deflate": "deflate"}):
+                {"deflate": "deflate"}, {"max_redirects": -1}, {"max_redirects": None}):
         with pytest.raises(ValueError):
             Options(**bad)
 
@@ -36,6 +36,7 @@ def test_one_source_of_defaults():
         assert evws.client.DEFAULTS[name] == getattr(DEFAULTS, name), name
         assert getattr(server, name) == getattr(DEFAULTS, name), name
     assert evws.client.DEFAULTS["timeout"] == DEFAULTS.handshake_timeout
+    assert evws.client.DEFAULTS["max_redirects"] == DEFAULTS.max_redirects == 10
 
 
 def test_bad_server_option_raises_at_construction():

@@ -48,6 +48,7 @@ __all__ = [
     "parse_request",
     "check_request",
     "default_response",
+    "choose_subprotocol",
     "build_request",
     "check_response",
     "split_header_list",
@@ -423,6 +424,18 @@ class Response:
 def default_response(request: Request) -> Response:
     """The 101 response that accepts ``request`` with no subprotocol."""
     return Response(key=request.key)
+
+
+def choose_subprotocol(offered: Iterable[str], supported: Iterable[str]) -> str | None:
+    """The first of ``supported`` (the server's order of preference) that the
+    client ``offered``, or ``None``.
+
+    Why the server's order: the client lists what it can speak, the server
+    knows which of its versions it prefers (RFC 6455 4.2.2 leaves the choice
+    to the server; ``websockets`` decides the same way).
+    """
+    offers = set(offered)
+    return next((name for name in supported if name in offers), None)
 
 
 def build_request(
