@@ -179,14 +179,14 @@ class Connection(Emitter):
         high_water: Any = _UNSET,
         low_water: Any = _UNSET,
     ) -> None:
-        changes = {name: value for name, value in (
-            ("close_timeout", close_timeout), ("ping_interval", ping_interval),
-            ("ping_timeout", ping_timeout), ("high_water", high_water),
-            ("low_water", low_water)) if value is not _UNSET}
-        if "high_water" in changes and "low_water" not in changes:
-            changes["low_water"] = None  # derived from the new high_water
         options = options or DEFAULTS
-        if changes:
+        if not (close_timeout is ping_interval is ping_timeout is high_water is low_water is _UNSET):
+            changes = {name: value for name, value in (
+                ("close_timeout", close_timeout), ("ping_interval", ping_interval),
+                ("ping_timeout", ping_timeout), ("high_water", high_water),
+                ("low_water", low_water)) if value is not _UNSET}
+            if "high_water" in changes and "low_water" not in changes:
+                changes["low_water"] = None  # derived from the new high_water
             options = options.replace(**changes)
         super().__init__()
         #: the settings of this connection (shared with its server or client)
@@ -439,8 +439,10 @@ class Connection(Emitter):
             opening.timer = None
         # Hold input until _start (``_opening`` stays set until then, and
         # _process stops after this event): nothing may overtake the first
-        # frames, which wait in the protocol.
-        self.stream.pause_reading()
+        # frames, which wait in the protocol. The stream keeps reading: what
+        # arrives meanwhile (one turn) goes into the protocol unprocessed (see
+        # _on_data), so there is no pause and resume, and no epoll_ctl pair
+        # per connection, for it.
         self._flush()  # the 101 goes out before anything a CondVar callback sends
         if opening.on_open is not None:
             opening.on_open(self)
@@ -511,11 +513,14 @@ class Connection(Emitter):
 
     def _on_data(self, data: bytes) -> None:
         self.protocol.receive_data(data)
-        self._process()
+        if self._opening is None or not self._opening.cv.ready:
+            self._process()
+        # else: open, and held until _start, which processes it in order
 
     def _on_eof(self) -> None:
         self.protocol.receive_eof()
-        self._process()
+        if self._opening is None or not self._opening.cv.ready:
+            self._process()
 
     def _process(self) -> None:
         """Send what the protocol queued, then handle its events, batch by batch.

@@ -128,7 +128,8 @@ class Emitter(EventEmitter):
 
     def _add(self, event: str, key: Listener, value: Listener) -> None:
         # pyee: 'new_listener' fires *before* the listener is added.
-        self.emit("new_listener", event, key)
+        if "new_listener" in self._handlers:
+            self.emit("new_listener", event, key)
         handlers = self._handlers.get(event)
         if handlers is None:
             handlers = self._handlers[event] = Listeners()

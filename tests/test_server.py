@@ -271,3 +271,27 @@ class TestShutdown:
         cv.recv(timeout=TIMEOUT)
         assert server.connections == frozenset()
         assert all(conn.finished for conn, _, _ in pairs)
+
+
+def test_frames_arriving_while_the_establish_callback_runs_wait_for_its_handlers(loop):
+    # Frames that arrive after the CondVar is ready but before the first turn
+    # (here: while its callback runs a nested loop turn) are read, held, and
+    # delivered in order once the handlers are attached.
+    ours, theirs = socket.socketpair()
+    peer = Peer(loop, theirs)
+    got: list[bytes] = []
+
+    def established(cv):
+        conn = cv.recv()
+        peer.send(wire.frame(wire.TEXT, b"one") + wire.frame(wire.TEXT, b"two"))
+        for _ in range(3):
+            loop.run_once(0)  # the stream reads the frames now
+        conn.on("each_message", lambda c, m: got.append(m.body))
+
+    evws.Server(loop=loop).establish(ours).cb(established)
+    peer.send(wire.upgrade_request())
+    run_until(loop, lambda: len(got) == 2)
+    peer.send(wire.frame(wire.TEXT, b"three"))
+    run_until(loop, lambda: len(got) == 3)
+    assert got == [b"one", b"two", b"three"]
+    peer.close()

@@ -121,7 +121,7 @@ class Stream:
 
     __slots__ = (
         "_sock", "_fd", "_loop", "on_data", "on_eof", "on_close", "on_drain",
-        "read_size", "linger", "_rw", "_want", "_ww", "_queue", "_buffered",
+        "read_size", "linger", "_rw", "_ww", "_queue", "_buffered",
         "_want_read", "_paused", "_eof", "_shut_pending", "_write_shut",
         "_closing", "_closed", "_timer", "_tls", "low_water", "_above_low", "_rq",
     )
@@ -152,8 +152,6 @@ class Stream:
         self.read_size = read_size
         self.linger = linger
         self._rw: IoWatcher | None = None
-        #: reading is wanted now (``_rw`` may outlive a pause; see _update_reader)
-        self._want = False
         self._ww: IoWatcher | None = None
         # Created on the first partial write: an empty deque costs ~760 bytes,
         # and most connections never fill their kernel buffer.
@@ -226,23 +224,13 @@ class Stream:
         want = (not self._closed and not self._eof
                 and (self._closing or (self._want_read and not self._paused
                                        and (self._rq is None or not self._rq.hold))))
-        self._want = want
-        if want:
-            if self._rw is None:
-                self._rw = self._loop.io(self._fd, "r", self._on_readable)
-        elif self._rw is not None and (self._closed or self._eof):
+        if want and self._rw is None:
+            self._rw = self._loop.io(self._fd, "r", self._on_readable)
+        elif not want and self._rw is not None:
             self._rw.cancel()
             self._rw = None
-        # Otherwise reading is paused with the watcher left registered: it is
-        # cancelled by _on_readable if input arrives while paused. A pause
-        # undone before then (every connection pauses from its handshake to
-        # its first turn) costs no epoll_ctl at all.
 
     def _on_readable(self) -> None:
-        if not self._want:
-            self._rw.cancel()  # type: ignore[union-attr]  # paused: stop watching now
-            self._rw = None
-            return
         try:
             data = self._sock.recv(self.read_size)
         except _WAIT:
