@@ -113,12 +113,12 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("command, options", [
-    ("serve", ["--host", "--port", "--broadcast", "--workers", "SIGHUP", "--redis", "--room", "--worker-header",
-               "X-Evws-Worker", "evws[redis]", "--tls-cert", "--tls-key", "--subprotocol",
+    ("serve", ["--host", "--port", "--unix", "--broadcast", "--workers", "SIGHUP", "--redis", "--room",
+               "--worker-header", "X-Evws-Worker", "evws[redis]", "--tls-cert", "--tls-key", "--subprotocol",
                "--require-subprotocol",
                "--max-payload-size", "--no-compression", "--verbose"]),
     ("connect", ["url", "--binary", "--header", "--subprotocol", "--origin", "--cafile",
-                 "--insecure", "--timeout", "--max-payload-size", "--no-compression",
+                 "--insecure", "--unix", "--timeout", "--max-payload-size", "--no-compression",
                  "--verbose", "EOF", "stdout", "hexadecimal", "Exit status"]),
 ])
 def test_help_of_each_command_is_complete(command, options):
