@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "stdout, text as is and binary as hexadecimal, one message per line. EOF "
                     "on stdin (Ctrl-D) closes the connection with 1000. Exit status: 0 after "
                     "a clean closing handshake, 1 when the connection failed or ended abnormally, "
-                    "2 for a usage error.")
+                    "2 for a usage error. The proxy variables apply as for any HTTP client: "
+                    "https_proxy for wss://, http_proxy for ws://, no_proxy.")
     conn.add_argument("url", help="ws:// or wss:// URL")
     conn.add_argument("--binary", action="store_true",
                       help="send lines as binary messages (the line's bytes) instead of text")

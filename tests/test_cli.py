@@ -28,7 +28,9 @@ from tests.certs import self_signed
 from tests.conftest import run_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+ENV = {name: value for name, value in os.environ.items()
+       if name.lower() not in ("http_proxy", "https_proxy", "no_proxy")}  # loopback: direct
+ENV.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 TIMEOUT = 10.0
 
 

@@ -26,14 +26,11 @@ from tests.certs import self_signed
 from tests.conftest import TIMEOUT, run_until
 from tests.http_proxy import ConnectProxy
 
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "REQUEST_METHOD")
-
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+def no_cgi(monkeypatch):
+    """conftest clears the proxy variables; REQUEST_METHOD changes how HTTP_PROXY is read."""
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)
 
 
 class Echo:
