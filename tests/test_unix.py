@@ -22,6 +22,7 @@ import evws
 from tests.certs import self_signed
 from tests.conftest import TIMEOUT, run_until
 from tests.test_cli import ENV, Lines, evws_cmd
+from tests.test_cli import TIMEOUT as CLI_TIMEOUT  # a subprocess starts Python: more room
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
 
@@ -258,13 +259,13 @@ def test_websockets_client_against_evws_serve_unix(sock_dir):
     err = Lines(proc.stderr)
     try:
         err.wait_for(r"listening on unix:")
-        with sync_client.unix_connect(path, uri="ws://localhost/x", open_timeout=TIMEOUT) as ws:
+        with sync_client.unix_connect(path, uri="ws://localhost/x", open_timeout=CLI_TIMEOUT) as ws:
             ws.send("héllo")
             assert ws.recv(timeout=TIMEOUT) == "héllo"
             ws.send(b"\x00\xff")
             assert ws.recv(timeout=TIMEOUT) == b"\x00\xff"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=TIMEOUT) == 0
+        assert proc.wait(timeout=CLI_TIMEOUT) == 0
         assert not os.path.exists(path), "serve --unix leaves its socket file behind"
     finally:
         if proc.poll() is None:
@@ -281,13 +282,13 @@ def test_evws_connect_unix_against_evws_serve_unix(sock_dir):
     try:
         err.wait_for(r"listening on unix:")
         result = subprocess.run(evws_cmd("connect", "--unix", path, "ws://localhost/"), env=ENV,
-                                input=b"one\ntwo\n", capture_output=True, timeout=TIMEOUT)
+                                input=b"one\ntwo\n", capture_output=True, timeout=CLI_TIMEOUT)
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"one\ntwo\n"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=TIMEOUT)
+            proc.wait(timeout=CLI_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -296,7 +297,7 @@ def test_evws_connect_unix_against_evws_serve_unix(sock_dir):
 def test_serve_unix_and_workers_is_a_usage_error(sock_dir):
     result = subprocess.run(evws_cmd("serve", "--unix", os.path.join(sock_dir, "s"),
                                      "--workers", "2"), env=ENV, capture_output=True, text=True,
-                            timeout=TIMEOUT)
+                            timeout=CLI_TIMEOUT)
     assert result.returncode == 2 and "--unix and --workers" in result.stderr
 
 
@@ -305,7 +306,7 @@ def test_serve_unix_refuses_a_live_socket(sock_dir, loop):
     listener = evws.unix_server(path, lambda s, h, p: s.close(), loop=loop)
     try:
         result = subprocess.run(evws_cmd("serve", "--unix", path), env=ENV, capture_output=True,
-                                text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+                                text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL)
         assert result.returncode == 1 and f"cannot listen on unix:{path}" in result.stderr
     finally:
         listener.close()
