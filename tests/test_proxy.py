@@ -461,3 +461,31 @@ def test_tinyproxy_from_the_environment(loop, echo, tinyproxy, monkeypatch):
     assert via(conn) == proxy_port(url)
     echo_once(loop, conn)
 
+
+
+# -- with redirects ----------------------------------------------------------------------
+
+
+def test_each_redirect_hop_goes_through_the_proxy(loop, proxy):
+    from tests.test_redirect import Site
+    site = Site(loop, {"/old": (302, "/new")})
+    try:
+        conn = evws.connect(site.url("/old"), proxy=proxy.url, loop=loop).recv(timeout=TIMEOUT)
+        assert via(conn) == proxy.port
+        echo_once(loop, conn)
+        assert site.paths == ["/old", "/new"]
+        assert [head.target for head in proxy.requests] == [f"127.0.0.1:{site.port}"] * 2
+    finally:
+        site.close()
+
+
+def test_redirect_to_a_url_whose_proxy_is_unusable_croaks_the_proxy_error(loop, monkeypatch):
+    from tests.test_redirect import Site
+    site = Site(loop)
+    site.routes["/up"] = (301, site.url("/s", "wss"))
+    monkeypatch.setenv("https_proxy", "socks5://127.0.0.1:1080")  # only wss:// uses it
+    try:
+        with pytest.raises(evws.ProxyError, match="SOCKS"):
+            evws.connect(site.url("/up"), loop=loop).recv(timeout=TIMEOUT)
+    finally:
+        site.close()
