@@ -25,6 +25,7 @@ from .errors import (
     LineTooLong,
     PayloadTooBig,
     ProtocolError,
+    ProxyError,
     RecursiveWaitError,
     RedirectError,
     WaitTimeout,
@@ -38,7 +39,7 @@ from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.process import ExitStatus, run_cmd
 from .reactor.stream import Stream
-from .reactor.tcp import TcpServer, tcp_connect, tcp_server
+from .reactor.tcp import TcpServer, tcp_connect, tcp_server, unix_connect, unix_server
 from .reconnect import ReconnectingClient, ReconnectPolicy, reconnecting, retryable
 from .server import Server
 from .workers import Supervisor, WorkerContext
@@ -73,6 +74,7 @@ __all__ = [
     "PayloadTooBig",
     "Prepared",
     "ProtocolError",
+    "ProxyError",
     "ReconnectPolicy",
     "ReconnectingClient",
     "RecursiveWaitError",
@@ -98,5 +100,7 @@ __all__ = [
     "run_cmd",
     "tcp_connect",
     "tcp_server",
+    "unix_connect",
+    "unix_server",
     "__version__",
 ]

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default 127.0.0.1; '' or 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8765,
                        help="port to listen on (default 8765; 0 picks a free port)")
+    serve.add_argument("--unix", metavar="PATH",
+                       help="listen on this Unix-domain socket instead of --host/--port (a "
+                            "stale socket file is replaced, the file is removed on exit); "
+                            "clients connect with unix_socket=PATH")
     serve.add_argument("--broadcast", action="store_true",
                        help="send each message to every connected client instead of echoing it")
     serve.add_argument("--workers", type=_worker_count, default=0, metavar="N",
@@ -185,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "stdout, text as is and binary as hexadecimal, one message per line. EOF "
                     "on stdin (Ctrl-D) closes the connection with 1000. Exit status: 0 after "
                     "a clean closing handshake, 1 when the connection failed or ended abnormally, "
-                    "2 for a usage error.")
+                    "2 for a usage error. The proxy variables apply as for any HTTP client: "
+                    "https_proxy for wss://, http_proxy for ws://, no_proxy.")
     conn.add_argument("url", help="ws:// or wss:// URL")
     conn.add_argument("--binary", action="store_true",
                       help="send lines as binary messages (the line's bytes) instead of text")
@@ -198,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CA certificate(s) to trust for wss:// instead of the system's")
     conn.add_argument("--insecure", action="store_true",
                       help="wss:// without verifying the server's certificate or host name")
+    conn.add_argument("--unix", metavar="PATH",
+                      help="connect to this Unix-domain socket; the URL still gives Host and "
+                           "the path (ws://localhost/)")
     conn.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                       help="time allowed to open the connection (default 10)")
     # Usage errors found after parsing are reported by the command's own parser
@@ -243,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             command_parser.error("--room wants a non-empty name")
         if args.require_subprotocol and not args.subprotocol:
             command_parser.error("--require-subprotocol needs at least one --subprotocol")
+        if args.unix and args.workers:
+            command_parser.error("--unix and --workers cannot be combined (the workers share a "
+                                 "TCP port with SO_REUSEPORT)")
         return serve(args)
     headers = _parse_headers(command_parser, args.header)
     return connect(args, headers)
@@ -375,6 +386,10 @@ def _accept_callback(server: Server, broadcast: bool, hub: Hub | None = None,
 def _listening(args: argparse.Namespace, tls: bool, port: int, workers: int = 0) -> None:
     scheme = "wss" if tls else "ws"
     mode = "broadcast" if args.broadcast else "echo"
+    if args.unix:
+        _err(f"{mode} server listening on unix:{args.unix} ({scheme}://localhost/ with "
+             f"unix_socket={args.unix!r})")
+        return
     details = []
     if workers:
         details.append(f"{workers} worker process{'es' if workers > 1 else ''}")
@@ -406,11 +421,15 @@ def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
             return 1
         _report_redis_health(hub)
     try:
+        accept = _accept_callback(server, args.broadcast, hub, _room(args))
         try:
-            listener = server.listen(args.host or None, args.port,
-                                     _accept_callback(server, args.broadcast, hub, _room(args)))
+            if args.unix:
+                listener = server.listen_unix(args.unix, accept)
+            else:
+                listener = server.listen(args.host or None, args.port, accept)
         except OSError as exc:
-            _err(f"cannot listen on {args.host or '*'}:{args.port}: {exc}")
+            where = f"unix:{args.unix}" if args.unix else f"{args.host or '*'}:{args.port}"
+            _err(f"cannot listen on {where}: {exc}")
             return 1
         _listening(args, server.ssl_context is not None, listener.port)
 
@@ -614,7 +633,7 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
             origin=args.origin, ssl_context=_client_context(args),
             max_payload_size=args.max_payload_size or None,
             compression=None if args.no_compression else "deflate",
-            timeout=args.timeout, loop=loop).recv()
+            timeout=args.timeout, unix_socket=args.unix, loop=loop).recv()
     except HandshakeError as exc:
         _err(f"cannot connect to {args.url}: {exc}{_refusal_body(exc.body)}")
         return 1

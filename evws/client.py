@@ -6,9 +6,12 @@ returns a :class:`~evws.reactor.CondVar` that yields a client-side
 object decides masking and who closes TCP, so no frame logic is repeated).
 
 One connect is a chain of non-blocking steps on the loop, all inside one
-``timeout``: ``tcp_connect`` (every ``getaddrinfo`` address in turn; the
-name lookup itself blocks), the TLS handshake for ``wss://`` (the same
-``start_tls`` as the server's), then the HTTP upgrade (RFC 6455 4.1): a
+``timeout``: the transport -- ``tcp_connect`` (every ``getaddrinfo`` address
+in turn; the name lookup itself blocks), or a tunnel through an HTTP proxy
+(:mod:`evws.proxy`: ``CONNECT``, from ``proxy=`` or the environment), or
+``unix_connect`` for ``unix_socket=`` --, the TLS handshake for ``wss://``
+(the same ``start_tls`` as the server's, with the URL's host as SNI through
+a proxy too), then the HTTP upgrade (RFC 6455 4.1): a
 sans-I/O :class:`~evws.protocol.client.ClientProtocol` over a
 :class:`~evws.reactor.stream.Stream`, driven by the same ``Connection`` as a
 server's, from the request's first byte to the last frame.
@@ -19,7 +22,10 @@ an ``OSError``, trouble in the server's answer a ``HandshakeError``:
 - name lookup, connect, TLS (certificate...) or reset: the ``OSError`` as
   raised (``socket.gaierror``, ``ConnectionRefusedError``,
   ``ssl.SSLCertVerificationError``...), so ``except OSError`` works as it
-  does for any socket code;
+  does for any socket code (for the proxy itself too: a proxy that is down
+  is a ``ConnectionRefusedError``);
+- a proxy that refuses the tunnel (407, 403, 502...), hangs up or answers
+  nonsense: :class:`~evws.ProxyError` with ``.status`` and ``.headers``;
 - ``timeout`` seconds passed, in any step: :class:`~evws.WaitTimeout` (a
   ``TimeoutError`` and a ``WebSocketError``);
 - a status other than 101: :class:`~evws.HandshakeError` with ``.status``,
@@ -53,10 +59,11 @@ from .options import DEFAULTS as _OPTION_DEFAULTS
 from .options import Compression, Options, deflate_config_of
 from .protocol.client import ClientProtocol
 from .protocol.http import Headers, HeadersLike
+from .proxy import Proxy, ProxySetting, open_tunnel, resolve_proxy
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.stream import Stream
-from .reactor.tcp import tcp_connect
+from .reactor.tcp import tcp_connect, unix_connect
 from .reactor.tls import client_context, start_tls
 from .redirect import follow_redirects, without_credentials
 
@@ -75,6 +82,8 @@ DEFAULTS: dict[str, Any] = {
     "loop": None,
     "compression": "deflate",
     "timeout": _OPTION_DEFAULTS.handshake_timeout,
+    "proxy": True,
+    "unix_socket": None,
     **{name: getattr(_OPTION_DEFAULTS, name) for name in (
         "max_payload_size", "max_fragments", "close_timeout", "ping_interval", "ping_timeout",
         "high_water", "low_water", "max_handshake_size", "max_error_body", "max_redirects")},
@@ -146,6 +155,8 @@ class Client:
         Raises:
             ValueError: ``url`` is not a usable ws:// or wss:// URL, or an
                 option has an unusable value (raised at once, not croaked).
+            ProxyError: the proxy URL (given, or from the environment) is
+                unusable (raised at once).
             TypeError: an unknown option.
         """
         unknown = set(overrides) - set(DEFAULTS)
@@ -172,9 +183,15 @@ class Client:
                 max_payload_size=options.max_payload_size, max_fragments=options.max_fragments)
 
         protocol()  # a bad header or resource raises now, not after connecting
+        unix_socket = settings["unix_socket"]
+        if unix_socket is not None and isinstance(settings["proxy"], str):
+            raise ValueError("give unix_socket or proxy, not both")
+        proxy = None if unix_socket is not None else resolve_proxy(
+            settings["proxy"], secure, host, port)
         cv = CondVar(loop)
         ssl_ctx = (settings["ssl_context"] or client_context()) if secure else None
-        _Connect(loop, cv, options, protocol).start(host, port, ssl_ctx)
+        _Connect(loop, cv, options, protocol).start(host, port, ssl_ctx, proxy=proxy,
+                                                    unix_socket=unix_socket)
         return cv
 
 
@@ -227,6 +244,8 @@ def connect(
     timeout: Optional[float] = 10.0,
     close_timeout: float = 10.0,
     loop: Optional[Loop] = None,
+    proxy: ProxySetting = True,
+    unix_socket: Optional[str] = None,
     **more: Any,
 ) -> CondVar:
     """Open a WebSocket to ``url``; the CondVar yields a client-side ``Connection``.
@@ -249,6 +268,15 @@ def connect(
             for no limit.
         close_timeout: seconds to wait for the server in a closing handshake.
         loop: the loop to run on (default ``get_loop()``).
+        proxy: ``True`` (default): the proxy the environment gives
+            (``https_proxy`` for wss://, ``http_proxy`` for ws://, unless
+            ``no_proxy`` excludes the host; see :mod:`evws.proxy`); ``None``:
+            connect directly; ``"http://[user:pass@]host:port"``: tunnel
+            through that HTTP proxy with CONNECT (Basic credentials from the
+            userinfo), whatever the environment says.
+        unix_socket: connect to this Unix-domain socket instead of the URL's
+            host and port, which still give ``Host``, the path, and, for
+            wss://, the TLS server name. No proxy is used.
         more: the other :class:`Client` options.
 
     The ``Connection`` also has ``.response``, the server's 101 head
@@ -257,7 +285,8 @@ def connect(
     return Client().connect(
         url, subprotocols=subprotocols, headers=headers, origin=origin,
         ssl_context=ssl_context, max_payload_size=max_payload_size, compression=compression,
-        timeout=timeout, close_timeout=close_timeout, loop=loop, **more)
+        timeout=timeout, close_timeout=close_timeout, loop=loop, proxy=proxy,
+        unix_socket=unix_socket, **more)
 
 
 class _Connect:
@@ -277,11 +306,16 @@ class _Connect:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
-    def start(self, host: str, port: int, ssl_ctx: Optional[ssl.SSLContext]) -> None:
+    def start(self, host: str, port: int, ssl_ctx: Optional[ssl.SSLContext], *,
+              proxy: Optional[Proxy] = None, unix_socket: Optional[str] = None) -> None:
+        step = ("connecting" if proxy is None and unix_socket is None else
+                f"connecting through the proxy {proxy}" if proxy is not None else
+                f"connecting to {unix_socket}")
+
         def connected(tcp: CondVar) -> None:
             error = tcp.error
             if error is not None:
-                self.cv.croak(self.timeout_error("connecting", error)
+                self.cv.croak(self.timeout_error(step, error)
                               if isinstance(error, TimeoutError) else error)
             elif ssl_ctx is None:
                 self.open(tcp.recv())
@@ -299,7 +333,16 @@ class _Connect:
             else:
                 self.open(tls.recv())
 
-        tcp_connect(host, port, self.loop, timeout=self.remaining()).cb(connected)
+        self.transport(host, port, proxy, unix_socket).cb(connected)
+
+    def transport(self, host: str, port: int, proxy: Optional[Proxy],
+                  unix_socket: Optional[str]) -> CondVar:
+        """The connected socket the handshake runs on: a Unix socket, a proxy's tunnel, or TCP."""
+        if unix_socket is not None:
+            return unix_connect(unix_socket, self.loop, timeout=self.remaining())
+        if proxy is not None:
+            return open_tunnel(proxy, host, port, self.loop, timeout=self.remaining())
+        return tcp_connect(host, port, self.loop, timeout=self.remaining())
 
     def open(self, sock: socket.socket) -> None:
         open_client(sock, self.protocol(), self.options, self.loop, self.cv,

@@ -14,7 +14,8 @@
     ├── WaitTimeout           CondVar.recv(timeout=...) ran out of time (also a TimeoutError)
     ├── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
     ├── BrokerError           a Hub's broker (Redis) failed or refused something
-        └── BrokerUnavailable the broker is down (or slow) and its publish queue is full
+    │   └── BrokerUnavailable the broker is down (or slow) and its publish queue is full
+    ├── ProxyError            an HTTP proxy refused the tunnel (.status), hung up, or its URL is bad
     └── LineTooLong           Stream.read_line met a line over max_size (also a ValueError)
 
 Why one tree: a user who wants "anything evws refused" writes one ``except``;
@@ -39,6 +40,7 @@ __all__ = [
     "RecursiveWaitError",
     "BrokerError",
     "BrokerUnavailable",
+    "ProxyError",
     "LineTooLong",
 ]
 
@@ -154,6 +156,27 @@ class BrokerUnavailable(BrokerError):
     def __init__(self, message: str, pending: int = 0) -> None:
         super().__init__(message)
         self.pending = pending
+
+
+class ProxyError(WebSocketError):
+    """An HTTP proxy did not open the tunnel a client asked for with CONNECT.
+
+    ``status`` is the proxy's answer when it refused (407 proxy authentication
+    required, 403 forbidden, 502 bad gateway...), and ``headers`` its header
+    fields (``Proxy-Authenticate`` for a 407); both are ``None`` when there was
+    no answer to speak of: an unusable proxy URL (raised at once by
+    ``connect``), a proxy that closed the connection or answered something that
+    is not HTTP. Reaching the proxy itself is transport, so a proxy that is
+    down croaks the ``OSError`` (``ConnectionRefusedError``...), as a server
+    that is down does.
+    """
+
+    def __init__(self, message: str, status: int | None = None, headers: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
 class LineTooLong(WebSocketError, ValueError):
     """``Stream.read_line`` met more than ``max_size`` bytes without the separator.
 

@@ -51,7 +51,7 @@ from typing import Any, Callable, Optional
 from .client import Client
 from .connection import Connection
 from .emitter import Emitter
-from .errors import ConnectionClosed, HandshakeError, RedirectError
+from .errors import ConnectionClosed, HandshakeError, ProxyError, RedirectError
 from .message import Message
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, Timer, get_loop
@@ -127,13 +127,17 @@ def retryable(error: BaseException) -> bool:
 
     Not retried: an answer the server actually gave that says trying again
     will not help -- a refusal with a status below 500 other than 408
-    (timeout) and 429 (too many requests), and a redirect that cannot be
-    followed (:class:`~evws.RedirectError`). Everything else is retried:
+    (timeout) and 429 (too many requests), from the server or from an HTTP
+    proxy (:class:`~evws.ProxyError`: a 407 or 403 stays one; a 502 from a
+    proxy that cannot reach the server is retried), and a redirect that cannot
+    be followed (:class:`~evws.RedirectError`). Everything else is retried:
     transport errors, timeouts, 5xx answers, answers cut short, and every
     way an open connection can end.
     """
     if isinstance(error, RedirectError):
         return False
+    if isinstance(error, ProxyError) and error.status is not None:
+        return error.status >= 500 or error.status in (408, 429)
     if isinstance(error, HandshakeError) and error.headers is not None and error.status != 101:
         return error.status >= 500 or error.status in (408, 429)
     return True

@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Optional, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from .errors import HandshakeError, RedirectError, WaitTimeout
+from .errors import HandshakeError, ProxyError, RedirectError, WaitTimeout
 from .protocol.http import Headers, HeadersLike
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop
@@ -127,7 +127,9 @@ def follow_redirects(url: str, hop: Hop, *, loop: Loop, max_redirects: int,
 
     The first hop is made at once, so what it raises (a bad URL or option)
     reaches the caller; a hop after a redirect that raises ``ValueError``
-    (an unusable URL) croaks :class:`~evws.RedirectError` instead. The
+    (an unusable URL) croaks :class:`~evws.RedirectError` instead, and one
+    that raises :class:`~evws.ProxyError` (the new URL's proxy, from the
+    environment, is unusable) croaks that. The
     CondVar yields what the last hop's yields, or croaks its error.
     """
     result = CondVar(loop)
@@ -169,6 +171,9 @@ def follow_redirects(url: str, hop: Hop, *, loop: Loop, max_redirects: int,
             return
         try:
             cv = hop(target, timeout=left, drop_credentials=state["drop"])
+        except ProxyError as exc:  # the proxy for the new URL is unusable: the proxy's news
+            result.croak(exc)
+            return
         except ValueError as exc:
             bad = RedirectError(f"cannot follow the {error.status} redirect from {current} to "
                                 f"{target}: {exc}", status=error.status, headers=error.headers,

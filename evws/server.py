@@ -261,6 +261,20 @@ class Server:
         self._listeners.append(listener)
         return listener
 
+    def listen_unix(self, path: str, fn: Callable[[socket.socket, str, int], Any],
+                    **options: Any) -> Any:
+        """:func:`evws.unix_server` on this server's loop, remembered for :meth:`shutdown`.
+
+        The Unix-socket twin of :meth:`listen`: ``fn(sock, peer, 0)`` calls
+        :meth:`establish` as usual; ``options`` are :func:`~evws.unix_server`'s
+        (``mode=0o660``, ``backlog``). The socket file is removed when the
+        listener closes (on :meth:`shutdown` too).
+        """
+        from .reactor.tcp import unix_server
+        listener = unix_server(path, fn, loop=self.loop, **options)
+        self._listeners.append(listener)
+        return listener
+
     def shutdown(self, code: int = 1001, reason: str = "",
                  timeout: Optional[float] = None) -> CondVar:
         """Stop accepting and close every live connection; the CondVar is ready when all finished.

@@ -18,6 +18,17 @@ from tests import wire
 
 TIMEOUT = 5.0
 
+#: what evws.connect reads from the environment (evws.proxy); cleared for every test
+PROXY_VARIABLES = tuple(name for base in ("http_proxy", "https_proxy", "no_proxy")
+                        for name in (base, base.upper()))
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch):
+    """Loopback tests connect directly even where the developer's shell sets a proxy."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture
 def loop():

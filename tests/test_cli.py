@@ -28,7 +28,9 @@ from tests.certs import self_signed
 from tests.conftest import run_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+ENV = {name: value for name, value in os.environ.items()
+       if name.lower() not in ("http_proxy", "https_proxy", "no_proxy")}  # loopback: direct
+ENV.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 TIMEOUT = 10.0
 
 
@@ -113,12 +115,12 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("command, options", [
-    ("serve", ["--host", "--port", "--broadcast", "--workers", "SIGHUP", "--redis", "--room", "--worker-header",
-               "X-Evws-Worker", "evws[redis]", "--tls-cert", "--tls-key", "--subprotocol",
+    ("serve", ["--host", "--port", "--unix", "--broadcast", "--workers", "SIGHUP", "--redis", "--room",
+               "--worker-header", "X-Evws-Worker", "evws[redis]", "--tls-cert", "--tls-key", "--subprotocol",
                "--require-subprotocol",
                "--max-payload-size", "--no-compression", "--verbose"]),
     ("connect", ["url", "--binary", "--header", "--subprotocol", "--origin", "--cafile",
-                 "--insecure", "--timeout", "--max-payload-size", "--no-compression",
+                 "--insecure", "--unix", "--timeout", "--max-payload-size", "--no-compression",
                  "--verbose", "EOF", "stdout", "hexadecimal", "Exit status"]),
 ])
 def test_help_of_each_command_is_complete(command, options):

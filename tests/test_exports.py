@@ -8,7 +8,8 @@ import evws
 NAMES = ["Loop", "get_loop", "CondVar", "tcp_server", "Server", "Request", "Response",
          "Connection", "Message", "WebSocketError", "HandshakeError", "ProtocolError",
          "PayloadTooBig", "ConnectionClosed", "RecursiveWaitError", "RedirectError",
-         "ReconnectPolicy", "ReconnectingClient", "reconnecting", "retryable"]
+         "ReconnectPolicy", "ReconnectingClient", "reconnecting", "retryable", "ProxyError",
+         "unix_server", "unix_connect"]
 
 
 def test_public_names():
@@ -20,7 +21,7 @@ def test_public_names():
 def test_one_error_tree():
     for name in ["HandshakeError", "ProtocolError", "PayloadTooBig", "ConnectionClosed",
                  "RecursiveWaitError", "InvalidUTF8", "WaitTimeout", "CroakError",
-                 "RedirectError"]:
+                 "RedirectError", "ProxyError"]:
         assert issubclass(getattr(evws, name), evws.WebSocketError)
     assert issubclass(evws.RecursiveWaitError, RuntimeError)
     assert issubclass(evws.RedirectError, evws.HandshakeError)

@@ -265,6 +265,10 @@ def test_retryable():
     assert retryable(evws.HandshakeError("later", status=429, headers=answered))
     assert not retryable(evws.HandshakeError("no", status=403, headers=answered))
     assert not retryable(evws.RedirectError("loop", status=302, headers=answered))
+    assert not retryable(evws.ProxyError("auth", status=407))
+    assert not retryable(evws.ProxyError("port", status=403))
+    assert retryable(evws.ProxyError("origin down", status=502))
+    assert retryable(evws.ProxyError("hung up"))  # no answer: transport
 
 
 def test_start_only_once(loop):

@@ -45,6 +45,7 @@ from .http import (
     serialize_response,
 )
 from .mask import apply_mask
+from .proxy import ConnectTunnel, basic_credentials, connect_request
 from .utf8 import Utf8Validator, validate_utf8
 from .websocket import CLIENT, CLOSED, CLOSING, OPEN, SERVER, Side, State, WebSocketProtocol
 
@@ -95,6 +96,10 @@ __all__ = [
     "serialize_response",
     # mask.py
     "apply_mask",
+    # proxy.py
+    "ConnectTunnel",
+    "basic_credentials",
+    "connect_request",
     # utf8.py
     "Utf8Validator",
     "validate_utf8",

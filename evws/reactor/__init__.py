@@ -1,4 +1,5 @@
-"""The reactor layer: a selectors loop, condvars, buffered streams, TCP, processes.
+"""The reactor layer: a selectors loop, condvars, buffered streams, TCP and
+Unix sockets, processes.
 
 It knows nothing of WebSocket; the API layer (evws/*.py) drives the protocol
 core over it. Everything runs in one thread, without asyncio.
@@ -8,7 +9,7 @@ from .condvar import CondVar
 from .loop import Handle, IdleWatcher, IoWatcher, Loop, SignalWatcher, Timer, get_loop
 from .process import ChildWatcher, ExitStatus, child, run_cmd
 from .stream import Stream
-from .tcp import TcpServer, tcp_connect, tcp_server
+from .tcp import TcpServer, tcp_connect, tcp_server, unix_connect, unix_server
 
 __all__ = [
     "Loop",
@@ -27,4 +28,6 @@ __all__ = [
     "tcp_server",
     "TcpServer",
     "tcp_connect",
+    "unix_server",
+    "unix_connect",
 ]

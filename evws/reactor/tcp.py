@@ -1,9 +1,17 @@
-"""TCP helpers for the loop: a listening server and a non-blocking connect.
+"""Stream-socket helpers for the loop: listening servers and non-blocking connects.
 
 :func:`tcp_server` is AnyEvent::Socket's ``tcp_server``: it hands every
 accepted socket, already non-blocking and with ``TCP_NODELAY``, to a callback
 with the peer's host and port. :func:`tcp_connect` returns a
 :class:`~evws.reactor.CondVar` that yields a connected non-blocking socket.
+
+:func:`unix_server` and :func:`unix_connect` are the same two for Unix-domain
+sockets (AnyEvent's ``tcp_server "unix/", $path``): the same
+:class:`TcpServer` guard and accept callback (the peer's "host" is the
+address ``accept`` gave, usually ``""``, and its port ``0``), plus what a
+socket *file* needs -- a stale file left by a crashed server is replaced, a
+live server's or any other file is not, permissions are set before the first
+connection can be accepted, and the file goes away on ``close()``.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ import errno
 import logging
 import os
 import socket
+import stat
 from typing import Any, Callable, Iterator
 
 from .condvar import CondVar
 from .loop import IoWatcher, Loop, Timer, get_loop
 
-__all__ = ["tcp_server", "TcpServer", "tcp_connect", "listen_socket"]
+__all__ = ["tcp_server", "TcpServer", "tcp_connect", "listen_socket", "unix_server",
+           "unix_connect", "listen_unix_socket"]
 
 log = logging.getLogger("evws.tcp")
 
@@ -116,7 +126,8 @@ def listen_socket(host: str | None, port: int, backlog: int, reuse_port: bool = 
 class TcpServer:
     """Guard returned by :func:`tcp_server`: ``.host``, ``.port``, ``.sockets``, ``.close()``."""
 
-    __slots__ = ("_loop", "_fn", "sockets", "host", "port", "_watchers", "_timers", "_closed")
+    __slots__ = ("_loop", "_fn", "sockets", "host", "port", "path", "_identity", "_watchers",
+                 "_timers", "_closed")
 
     def __init__(self, loop: Loop, socks: list[socket.socket],
                  fn: Callable[[socket.socket, str, int], Any]) -> None:
@@ -124,8 +135,16 @@ class TcpServer:
         self._fn = fn
         self.sockets = socks
         name = socks[0].getsockname()
-        self.host: str = name[0]
-        self.port: int = name[1]
+        #: the Unix socket's path (``host`` too, ``port`` is 0), or None for TCP
+        self.path: str | None = None
+        self._identity: tuple[int, int] | None = None
+        if isinstance(name, (str, bytes)):
+            self.path = name if isinstance(name, str) else os.fsdecode(name)
+            self.host, self.port = self.path, 0
+            self._identity = _file_identity(self.path)
+        else:
+            self.host = name[0]
+            self.port = name[1]
         self._watchers: dict[socket.socket, IoWatcher] = {}
         self._timers: dict[socket.socket, Timer] = {}
         self._closed = False
@@ -172,7 +191,11 @@ class TcpServer:
                 return
 
     def close(self) -> None:
-        """Stop listening and close the listening sockets (idempotent)."""
+        """Stop listening and close the listening sockets (idempotent).
+
+        A Unix socket's file is removed too, if it is still the one this
+        server bound (another server may have replaced it since).
+        """
         if self._closed:
             return
         self._closed = True
@@ -184,6 +207,12 @@ class TcpServer:
         self._timers.clear()
         for s in self.sockets:
             s.close()
+        if self.path is not None and self._identity is not None:
+            if _file_identity(self.path) == self._identity:
+                try:
+                    os.unlink(self.path)
+                except OSError as exc:
+                    log.debug("could not remove %s: %r", self.path, exc)
 
     def __enter__(self) -> TcpServer:
         return self
@@ -192,7 +221,8 @@ class TcpServer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<TcpServer {self.host}:{self.port}{' closed' if self._closed else ''}>"
+        where = f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
+        return f"<TcpServer {where}{' closed' if self._closed else ''}>"
 
 
 def tcp_server(host: str | None, port: int,
@@ -330,4 +360,164 @@ def tcp_connect(host: str, port: int, loop: Loop | None = None, *,
     if timeout is not None:
         conn.timer = loop.timer(timeout, conn.timed_out)
     conn.next_address()
+    return cv
+
+
+# -- Unix-domain sockets ------------------------------------------------------------
+
+#: how long an ``EAGAIN`` Unix connect (the server's backlog is full) waits
+#: before trying again; Linux does not finish such a connect by itself, and the
+#: socket polls writable at once, so there is nothing to watch.
+_UNIX_RETRY = 0.01
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``, or None (gone, or an abstract Linux name)."""
+    if path.startswith("\0") or not path:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove ``path`` if it is a socket file nobody listens on any more.
+
+    A server that crashed leaves its socket file behind, and ``bind`` then
+    fails with EADDRINUSE. Only a *socket* that refuses a connection is
+    removed: a regular file (a typo in the path) is kept, and a live server
+    keeps its socket (binding over it would steal its future clients).
+
+    Raises:
+        OSError: ``EADDRINUSE`` for a live server or a file that is not a socket.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)
+        err = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if err in (0, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS):
+        raise OSError(errno.EADDRINUSE, f"a server is listening on {path}")
+    if err != errno.ECONNREFUSED:
+        raise OSError(err, f"cannot tell whether {path} is in use: {os.strerror(err)}")
+    log.debug("removing stale socket file %s", path)
+    os.unlink(path)
+
+
+def listen_unix_socket(path: str, backlog: int, mode: int | None = None) -> socket.socket:
+    """A listening ``AF_UNIX`` socket bound at ``path``; see :func:`unix_server`.
+
+    ``mode`` is applied between ``bind`` and ``listen``: a connect before
+    ``listen`` is refused, so no client gets in under the umask's permissions.
+    """
+    if not path.startswith("\0"):
+        _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        if mode is not None and not path.startswith("\0"):
+            os.chmod(path, mode)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def unix_server(path: str, fn: Callable[[socket.socket, str, int], Any], *,
+                loop: Loop | None = None, backlog: int = 1024,
+                mode: int | None = None) -> TcpServer:
+    """Listen on the Unix-domain socket ``path``; ``fn(sock, peer, 0)`` per connection.
+
+    The Unix twin of :func:`tcp_server` (the same :class:`TcpServer` guard:
+    ``.path`` and ``.host`` are ``path``, ``.port`` is 0). For a server behind
+    a local reverse proxy (nginx's ``proxy_pass http://unix:/run/app.sock``),
+    or clients on the same machine whom file permissions should select.
+
+    Args:
+        path: the socket file (or, on Linux, an abstract name starting with
+            ``"\\0"``, which has no file).
+        fn: receives each accepted socket (non-blocking) and the peer's
+            address as ``accept`` gave it (``""`` for an unnamed client) and 0.
+        mode: permissions of the socket file (``0o660``: owner and group
+            only); by default what the umask leaves. Connecting to a Unix
+            socket needs write permission on it.
+
+    A stale socket file (its server died) is removed before binding; the file
+    is removed again by ``close()`` if it is still this server's.
+
+    Raises:
+        OSError: ``EADDRINUSE`` when a server listens on ``path`` or ``path``
+            is a file that is not a socket; the ``bind`` error otherwise
+            (``EACCES``, ``ENOENT`` for a missing directory...).
+    """
+    loop = loop if loop is not None else get_loop()
+    sock = listen_unix_socket(path, backlog, mode)
+    return TcpServer(loop, [sock], fn)
+
+
+class _UnixConnector:
+    """One ``unix_connect``: a Unix connect either finishes at once or is retried."""
+
+    __slots__ = ("loop", "cv", "path", "sock", "timer", "deadline")
+
+    def __init__(self, loop: Loop, cv: CondVar, path: str, timeout: float | None) -> None:
+        self.loop = loop
+        self.cv = cv
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.timer: Timer | None = None
+        self.deadline = None if timeout is None else loop.time() + timeout
+
+    def attempt(self) -> None:
+        self.timer = None
+        try:
+            err = self.sock.connect_ex(self.path)
+        except OSError as exc:
+            err = exc.errno or errno.EINVAL
+        if err in (0, errno.EISCONN):
+            self.cv.send(self.sock)
+            return
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS):
+            # The listener's backlog is full: try again shortly, until the deadline.
+            if self.deadline is not None and self.loop.time() >= self.deadline:
+                self.sock.close()
+                self.cv.croak(TimeoutError(errno.ETIMEDOUT, f"connect to {self.path} timed out"))
+                return
+            delay = _UNIX_RETRY
+            if self.deadline is not None:
+                delay = max(0.0, min(delay, self.deadline - self.loop.time()))
+            self.timer = self.loop.timer(delay, self.attempt)
+            return
+        self.sock.close()
+        self.cv.croak(OSError(err, f"connect to {self.path}: {os.strerror(err)}"))
+
+
+def unix_connect(path: str, loop: Loop | None = None, *,
+                 timeout: float | None = None) -> CondVar:
+    """Connect to the Unix-domain socket ``path`` without blocking; a CondVar yields the socket.
+
+    Croaks with the ``OSError`` (``FileNotFoundError`` when nothing is at
+    ``path``, ``ConnectionRefusedError`` for a stale socket file,
+    ``PermissionError``...), or ``TimeoutError`` when the server's backlog
+    stayed full for ``timeout`` seconds.
+    """
+    loop = loop if loop is not None else get_loop()
+    cv = CondVar(loop)
+    try:
+        connector = _UnixConnector(loop, cv, path, timeout)
+    except OSError as exc:
+        cv.croak(exc)
+        return cv
+    connector.attempt()
     return cv
