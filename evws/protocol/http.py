@@ -88,8 +88,6 @@ _FIELD_BLOCK = re.compile(b"(?:" + _TCHAR.encode() + b"+:" + _FIELD_CHARS.encode
 # One checked field line, decoded: name, then the value with its leading
 # whitespace skipped (the trailing one is stripped after).
 _FIELD_PAIR = re.compile("(" + _TCHAR + r"+):[ \t]*([^\r]*)\r\n")
-# A LF that is not preceded by CR: the peer uses bare-LF line endings.
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 HeadersLike = Union["Headers", Mapping[str, str], Iterable["tuple[str, str]"]]
 
@@ -484,12 +482,16 @@ class _HeadParser:
         # max_size would have ended: a huge read is not searched (or kept)
         # beyond the limit.
         back = min(3, buffered)
-        window = bytes(self._buffer[buffered - back:]) + bytes(data[: self.max_size + 4 - buffered])
+        if buffered == 0 and type(data) is bytes and len(data) <= self.max_size + 4:
+            window = data  # the usual case: the whole head in the first read
+        else:
+            window = bytes(self._buffer[buffered - back:]) + bytes(data[: self.max_size + 4 - buffered])
         end = window.find(_END_OF_HEAD)
         limit = end + 2 if end >= 0 else len(window)
-        # Only the new bytes are searched; the look-behind still sees the old
-        # ones, so a CRLF split across two reads is not mistaken for a bare LF.
-        if _BARE_LF.search(window, back, limit):
+        # Only the new bytes are searched; the byte before them is looked at
+        # too, so a CRLF split across two reads is not mistaken for a bare LF.
+        # Every CRLF holds one LF: any other LF is bare.
+        if window.count(b"\n", back, limit) != window.count(_CRLF, max(back - 1, 0), limit):
             raise self._fail(400, "malformed HTTP head: lines must end with CRLF")
         if end < 0:
             if buffered + len(data) > self.max_size:
@@ -499,7 +501,7 @@ class _HeadParser:
         head_size = buffered - back + end + len(_END_OF_HEAD)
         if head_size > self.max_size:
             raise self._fail(431, f"HTTP head larger than {self.max_size} bytes")
-        whole = bytes(self._buffer) + bytes(data)
+        whole = data if buffered == 0 and type(data) is bytes else bytes(self._buffer) + bytes(data)
         self.leftover = whole[head_size:]
         self._buffer = bytearray()
         # The start line, then every field line with its CRLF.
@@ -585,7 +587,8 @@ class RequestHeadParser(_HeadParser):
         match = _REQUEST_LINE.fullmatch(start_line)
         if match is None:
             raise self._fail(400, f"malformed HTTP request line: {_show(start_line)}")
-        method, target, version = (part.decode("ascii") for part in match.groups())
+        method, target, version = match.groups()
+        method, target, version = method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
         # Shared, like the header names: every idle connection keeps these.
         return RequestHead(sys.intern(method), target, sys.intern(version), headers)
 
