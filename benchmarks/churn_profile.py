@@ -33,9 +33,9 @@ sys.path.insert(0, HERE)
 
 def serve(duration: float, slots: int, profile: bool) -> None:
     """The server side: echo until the load generator exits; print cycles done."""
-    import evws
-
     from run import build_generator  # the same wsbench binary as run.py
+
+    import evws
 
     server = evws.Server(max_payload_size=None, compression="deflate")
     finished = [0]
