@@ -381,20 +381,30 @@ class Connection(Emitter):
             opcode = message.opcode  # type: ignore[union-attr]
             if opcode == _CLOSE:
                 raise ValueError("use Connection.close(code, reason) to close")
-            protocol.send_message(message.body, opcode)  # type: ignore[union-attr]
+            frame = protocol.encode_message(message.body, opcode)  # type: ignore[union-attr]
         elif kind is bytes:
-            protocol.send_message(message, _BINARY)  # type: ignore[arg-type]
+            frame = protocol.encode_message(message, _BINARY)  # type: ignore[arg-type]
         elif isinstance(message, str):
-            protocol.send_message(message.encode("utf-8"), _TEXT)
+            frame = protocol.encode_message(message.encode("utf-8"), _TEXT)
         elif isinstance(message, Message):
             if message.opcode == _CLOSE:
                 raise ValueError("use Connection.close(code, reason) to close")
-            protocol.send_message(message.body, message.opcode)
+            frame = protocol.encode_message(message.body, message.opcode)
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            protocol.send_message(bytes(message), _BINARY)
+            frame = protocol.encode_message(bytes(message), _BINARY)
         else:
             raise TypeError(f"cannot send {type(message).__name__}: use str, bytes or Message")
-        self._flush()
+        if frame is None:
+            self._flush()  # queued in the protocol: the general path
+            return
+        # The direct path: nothing was queued before this frame, the
+        # connection is open, so the frame goes straight to the stream.
+        try:
+            queued = self.stream.write(frame)
+        except BrokenPipeError:
+            return  # the stream is closing or failed: nowhere to send it
+        if queued:
+            self._check_high_water(queued)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 7.1.2).
@@ -579,10 +589,8 @@ class Connection(Emitter):
                               else stream.writev(chunks))
                 except BrokenPipeError:
                     queued = 0  # the stream is closing or failed: nowhere to send it
-                high = self.options.high_water
-                if high is not None and queued >= high and not self._read_paused:
-                    self._read_paused = True
-                    stream.pause_reading()
+                if queued:
+                    self._check_high_water(queued)
             else:
                 chunks.pop()
                 if chunks and not stream.closing:
@@ -593,6 +601,13 @@ class Connection(Emitter):
                 and self._close_timer is None and not self._finished):
             self._close_timer = self.loop.timer(self.options.close_timeout,
                                                 self._on_close_timeout)
+
+    def _check_high_water(self, queued: int) -> None:
+        """Flow control: from ``high_water`` bytes queued on, stop reading (and parsing)."""
+        high = self.options.high_water
+        if high is not None and queued >= high and not self._read_paused:
+            self._read_paused = True
+            self.stream.pause_reading()
 
     def _on_drain(self) -> None:
         """The output queue fell to ``low_water`` (or emptied): read again, emit ``drain``."""
