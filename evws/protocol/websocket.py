@@ -46,9 +46,12 @@ prepending it to the next input costs a bounded copy, and input trickling in
 one byte at a time costs linear time. The common case -- a whole small frame
 already in the input -- is sliced straight out of the input bytes; the
 commonest shape of all (a masked, unfragmented TEXT/BINARY frame with a 7- or
-16-bit length) is decoded inline in ``_parse`` without the generic header
-parser. Outgoing unmasked, uncompressed data messages likewise take a short
-path in ``send_message`` (a precomputed 2-byte header for short payloads).
+16-bit length) is decoded by ``frames.simple_frame`` (C when built) in
+``_consume``, before the general parser ``_parse`` is called at all.
+Outgoing unmasked, uncompressed data messages likewise take a short path in
+``send_message`` (a precomputed 2-byte header for short payloads), and
+``encode_message`` hands such a frame straight back to an I/O layer that has
+nothing else queued.
 """
 
 from __future__ import annotations
@@ -345,8 +348,29 @@ class WebSocketProtocol:
         self._consume(data, 0)
 
     def _consume(self, data: bytes, pos: int) -> None:
-        """Parse ``data`` from ``pos`` (``_parse`` keeps what is left for later)."""
+        """Parse ``data`` from ``pos`` (``_parse`` keeps what is left for later).
+
+        Every read and every resumption after a message starts here, so the
+        short cut lives here, one call from ``receive_data``: a whole final
+        masked TEXT/BINARY frame of at most 64 KiB within the size limit
+        (``frames.simple_frame``, in C when built) is the next message, with
+        no call to the general parser. Anything else, or anything wrong, takes
+        ``_parse``. A DEBUG run takes the same path (it only logs more).
+        """
         try:
+            if self._fast_in and not self._msg_opcode:
+                frame = simple_frame(data, pos, self.max_payload_size)
+                if frame is not None:
+                    opcode, payload, pos = frame
+                    if opcode == _TEXT:
+                        check_utf8(payload)
+                    if self._debug:
+                        _log.debug("< %s %d bytes", _OPNAMES[opcode], len(payload))
+                    self._events.append(_new_event(MessageReceived, (opcode, payload)))
+                    if pos < len(data):
+                        # Pause after the message (see the module docstring).
+                        self._rest, self._rest_pos = data, pos
+                    return
             self._parse(data, pos)
         except ProtocolError as exc:
             self._fail(exc.close_code, _clip_reason(str(exc)), exc)
@@ -403,23 +427,6 @@ class WebSocketProtocol:
                     self._rest, self._rest_pos = data, pos
                     return
                 continue
-
-            if self._fast_in and not self._msg_opcode:
-                # The short cut (frames.simple_frame): a whole final masked
-                # TEXT/BINARY frame of at most 64 KiB within the size limit.
-                # Anything else, or anything wrong, takes the general path.
-                frame = simple_frame(data, pos, self.max_payload_size)
-                if frame is not None:
-                    opcode, payload, pos = frame
-                    if opcode == _TEXT:
-                        check_utf8(payload)
-                    if self._debug:
-                        _log.debug("< %s %d bytes", _OPNAMES[opcode], len(payload))
-                    events.append(_new_event(MessageReceived, (opcode, payload)))
-                    if pos < end:
-                        self._rest, self._rest_pos = data, pos
-                        return
-                    continue
 
             header = parse_header(data, pos, self.allowed_rsv_bits)
             if header is None:
