@@ -731,12 +731,14 @@ class Connection(Emitter):
         # one snapshot in the common case, no method calls through emit.
         registry = self._handlers
         every = registry.get("each_message")
+        # ``functions`` tuples are snapshots already: a handler that adds or
+        # removes listeners changes the next message's, not this one's.
         if "next_message" in registry:
-            handlers = registry.pop("next_message").values()
+            handlers = registry.pop("next_message").functions
             if every is not None:
-                handlers += every.values()
+                handlers += every.functions
         elif every is not None:
-            handlers = every.values()
+            handlers = every.functions
         else:
             return
         for handler in handlers:
