@@ -550,6 +550,15 @@ class Connection(Emitter):
                     self._deliver(event)
                 elif self._handle_event(event):
                     return  # opened: the first frames wait for _start
+            if protocol.pending_input is None:
+                # Nothing parked: the batch was all the input held. What the
+                # handlers sent went out with each send (every Connection
+                # method flushes); a handler's failure was processed where
+                # it happened. So the empty batch that would follow is not
+                # asked for (a call and a property per message).
+                if protocol.state is not OPEN:
+                    self._flush()
+                return
             if self._read_paused and protocol.input_open:
                 return
 

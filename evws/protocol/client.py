@@ -157,7 +157,7 @@ class ClientProtocol(WebSocketProtocol):
             _log.debug("= OPEN")
         if parser.leftover:
             # The first frames: parsed by the next events_received() call.
-            self._rest, self._rest_pos = parser.leftover, 0
+            self.pending_input, self._rest_pos = parser.leftover, 0
         self._events.append(ResponseReceived(head))
 
     def _take_body(self, data: bytes) -> None:

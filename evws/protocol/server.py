@@ -161,7 +161,7 @@ class ServerProtocol(WebSocketProtocol):
             _log.debug("= OPEN")
         if self._early:
             # The first frames: parsed by the next events_received() call.
-            self._rest, self._rest_pos = self._early, 0
+            self.pending_input, self._rest_pos = self._early, 0
             self._early = b""
 
     def reject(self, response: bytes) -> None:

@@ -186,6 +186,11 @@ class WebSocketProtocol:
         close_reason: the reason received (``None`` until known).
         close_sent: ``(code, reason)`` of the Close frame we sent, ``None``
             before that; code is ``None`` if the frame carried no code.
+        pending_input: (read-only) ``None``, or the input whose parsing paused
+            after a complete message or Ping (from an offset kept inside):
+            the next ``events_received()`` with no events left parses on. An
+            I/O layer that has handled a batch reads it -- a plain attribute,
+            no call per message -- to know whether to ask again.
     """
 
     # Slots: a server holds thousands of idle protocols, and an instance
@@ -195,7 +200,7 @@ class WebSocketProtocol:
         "side", "deflate", "_codec", "_inflating", "allowed_rsv_bits",
         "max_payload_size", "max_fragments", "state", "close_code",
         "close_reason", "close_sent", "_mask_out", "_expect_masked", "_debug",
-        "_fast_in", "_fast_out", "_events", "_out", "_buf", "_rest",
+        "_fast_in", "_fast_out", "_events", "_out", "_buf", "pending_input",
         "_rest_pos", "_input_closed", "_eof_sent", "_lost", "_frame_left",
         "_frame_key", "_frame_keypos", "_frame_fin", "_msg_opcode", "_msg_buf",
         "_msg_fill", "_msg_size", "_msg_frames", "_utf8", "_send_opcode",
@@ -229,8 +234,9 @@ class WebSocketProtocol:
         self._buf = b""  # an incomplete header or control frame, see module doc
         # Input not yet parsed because a message was completed before it:
         # the bytes and where parsing resumes (kept whole, not sliced, so
-        # many small messages in one read cost no copies).
-        self._rest: bytes | None = None
+        # many small messages in one read cost no copies). Public, read-only
+        # for callers: see the class docstring.
+        self.pending_input: bytes | None = None
         self._rest_pos = 0
         # No frame is parsed: Close received, EOF, or failed -- and, in a
         # ServerProtocol/ClientProtocol, CONNECTING (the handshake has the input).
@@ -302,9 +308,9 @@ class WebSocketProtocol:
         batch before asking for the next.
         """
         events = self._events
-        if not events and self._rest is not None:
-            data, pos = self._rest, self._rest_pos
-            self._rest = None
+        if not events and self.pending_input is not None:
+            data, pos = self.pending_input, self._rest_pos
+            self.pending_input = None
             self._consume(data, pos)
             events = self._events
         self._events = []
@@ -337,9 +343,9 @@ class WebSocketProtocol:
             if data and self.state is CONNECTING:
                 self._receive_handshake(data)
             return
-        if self._rest is not None:
-            data = self._rest[self._rest_pos :] + data
-            self._rest = None
+        if self.pending_input is not None:
+            data = self.pending_input[self._rest_pos :] + data
+            self.pending_input = None
         elif self._buf:
             data = self._buf + data
             self._buf = b""
@@ -369,7 +375,7 @@ class WebSocketProtocol:
                     self._events.append(_new_event(MessageReceived, (opcode, payload)))
                     if pos < len(data):
                         # Pause after the message (see the module docstring).
-                        self._rest, self._rest_pos = data, pos
+                        self.pending_input, self._rest_pos = data, pos
                     return
             self._parse(data, pos)
         except ProtocolError as exc:
@@ -395,10 +401,10 @@ class WebSocketProtocol:
         if self.state is CONNECTING:
             self._handshake_eof()
             return
-        while self._rest is not None and not self._input_closed:
+        while self.pending_input is not None and not self._input_closed:
             # Input that came before the EOF is still due (7.1.5).
-            data, pos = self._rest, self._rest_pos
-            self._rest = None
+            data, pos = self.pending_input, self._rest_pos
+            self.pending_input = None
             self._consume(data, pos)
         if self._lost:
             return
@@ -414,7 +420,7 @@ class WebSocketProtocol:
 
         What is not parsed is kept: after a complete data message (or a
         Ping) with input left over, the whole input and where to resume
-        (``_rest``, ``_rest_pos``: no copy); otherwise the incomplete header
+        (``pending_input``, ``_rest_pos``: no copy); otherwise the incomplete header
         or control frame at the end (``_buf``).
         """
         end = len(data)
@@ -424,7 +430,7 @@ class WebSocketProtocol:
                 # The rest (or more) of a data frame's payload.
                 pos = self._frame_data(data, pos, end)
                 if not self._frame_left and self._frame_fin and pos < end:
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
                 continue
 
@@ -459,7 +465,7 @@ class WebSocketProtocol:
                 if opcode == _PING and pos < end:
                     # Its Pong is output, like an echo's answer: pausing here
                     # lets the I/O layer's flow control bound a Ping flood.
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
                 continue
 
@@ -495,7 +501,7 @@ class WebSocketProtocol:
                 events.append(_new_event(MessageReceived, (opcode, payload)))
                 pos = stop
                 if pos < end:
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
                 continue
 
@@ -517,7 +523,7 @@ class WebSocketProtocol:
             if not length:
                 self._frame_data(data, pos, pos)  # an empty frame may end the message
                 if fin and pos < end:
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
         if pos < end and not self._input_closed:
             self._buf = data[pos:]
@@ -656,7 +662,7 @@ class WebSocketProtocol:
         self.close_reason = reason
         self._input_closed = True
         self._buf = b""
-        self._rest = None
+        self.pending_input = None
         self._reset_message()
         if self.close_sent is None:
             # 5.5.1: "If an endpoint receives a Close frame and did not
@@ -878,7 +884,7 @@ class WebSocketProtocol:
             _log.debug("! failing with %d %s", code, reason)
         self._input_closed = True
         self._buf = b""
-        self._rest = None
+        self.pending_input = None
         self._reset_message()
         if self.close_sent is None:
             self._send_close_frame(code, reason)
