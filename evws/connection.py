@@ -540,7 +540,7 @@ class Connection(Emitter):
         protocol = self.protocol
         while True:
             events = protocol.events_received()
-            if protocol.has_data_to_send or protocol.state is not OPEN:
+            if protocol.pending_output or protocol.state is not OPEN:
                 self._flush()
             if not events:
                 return

@@ -191,6 +191,10 @@ class WebSocketProtocol:
             the next ``events_received()`` with no events left parses on. An
             I/O layer that has handled a batch reads it -- a plain attribute,
             no call per message -- to know whether to ask again.
+        pending_output: (read-only) the chunks :meth:`data_to_send` will
+            return, a list; empty when nothing is queued. The same as
+            :attr:`has_data_to_send` without a property call, for an I/O
+            layer's per-message path.
     """
 
     # Slots: a server holds thousands of idle protocols, and an instance
@@ -200,7 +204,7 @@ class WebSocketProtocol:
         "side", "deflate", "_codec", "_inflating", "allowed_rsv_bits",
         "max_payload_size", "max_fragments", "state", "close_code",
         "close_reason", "close_sent", "_mask_out", "_expect_masked", "_debug",
-        "_fast_in", "_fast_out", "_events", "_out", "_buf", "pending_input",
+        "_fast_in", "_fast_out", "_events", "pending_output", "_buf", "pending_input",
         "_rest_pos", "_input_closed", "_eof_sent", "_lost", "_frame_left",
         "_frame_key", "_frame_keypos", "_frame_fin", "_msg_opcode", "_msg_buf",
         "_msg_fill", "_msg_size", "_msg_frames", "_utf8", "_send_opcode",
@@ -230,7 +234,9 @@ class WebSocketProtocol:
         self.close_reason: str | None = None
         self.close_sent: tuple[int | None, str] | None = None
         self._events: list[Any] = []
-        self._out: list[bytes] = []
+        # The chunks data_to_send() returns next (public, read-only for
+        # callers: see the class docstring).
+        self.pending_output: list[bytes] = []
         self._buf = b""  # an incomplete header or control frame, see module doc
         # Input not yet parsed because a message was completed before it:
         # the bytes and where parsing resumes (kept whole, not sliced, so
@@ -290,8 +296,8 @@ class WebSocketProtocol:
 
     @property
     def has_data_to_send(self) -> bool:
-        """True when :meth:`data_to_send` would return something."""
-        return bool(self._out)
+        """True when :meth:`data_to_send` would return something (``bool(pending_output)``)."""
+        return bool(self.pending_output)
 
     @property
     def finished(self) -> bool:
@@ -322,7 +328,7 @@ class WebSocketProtocol:
         An empty chunk ``b""`` means: end the TCP connection now (after writing
         what precedes it). Nothing else is ever queued after it.
         """
-        out, self._out = self._out, []
+        out, self.pending_output = self.pending_output, []
         return out
 
     def close_expected(self) -> bool:
@@ -761,15 +767,15 @@ class WebSocketProtocol:
                 if self._debug:
                     _log.debug("> %s fin=1 %d bytes", _OPNAMES[opcode], n)
                 if n < 126:
-                    self._out.append(_SHORT_HEADS[opcode][n] + payload)
+                    self.pending_output.append(_SHORT_HEADS[opcode][n] + payload)
                     return
                 head = (_pack_head16(0x80 | opcode, 126, n) if n < 0x10000
                         else frame_header(opcode, n))
                 if n < _SEPARATE_PAYLOAD:
-                    self._out.append(head + payload)
+                    self.pending_output.append(head + payload)
                 else:
-                    self._out.append(head)
-                    self._out.append(payload)
+                    self.pending_output.append(head)
+                    self.pending_output.append(payload)
                 return
             self._send_data(opcode, payload, True)
         elif opcode == _PING:
@@ -803,7 +809,7 @@ class WebSocketProtocol:
             as :meth:`send_message`.
         """
         if (self._fast_out and type(payload) is bytes and (opcode == _BINARY or opcode == _TEXT)
-                and not self._out and self.close_sent is None and not self._lost
+                and not self.pending_output and self.close_sent is None and not self._lost
                 and not self._send_opcode):
             n = len(payload)
             if n < _SEPARATE_PAYLOAD:
@@ -921,18 +927,18 @@ class WebSocketProtocol:
             _log.debug("> %s fin=%d %d bytes%s", _OPNAMES[opcode], fin, n,
                        " (compressed)" if rsv else "")
         if n < _SEPARATE_PAYLOAD:
-            self._out.append(head + payload)
+            self.pending_output.append(head + payload)
         else:
             # Saves copying a large payload; never empty, so never taken for EOF.
-            self._out.append(head)
-            self._out.append(payload if type(payload) is bytes else bytes(payload))
+            self.pending_output.append(head)
+            self.pending_output.append(payload if type(payload) is bytes else bytes(payload))
 
     def _end_tcp(self) -> None:
         if not self._eof_sent:
             if self._debug:
                 _log.debug("> EOF")
             self._eof_sent = True
-            self._out.append(b"")
+            self.pending_output.append(b"")
 
     def _finish(self) -> None:
         """Emit ``ConnectionLost``; the single place that does, so once only."""
@@ -980,7 +986,7 @@ class WebSocketProtocol:
             raise RuntimeError("a fragmented message is still being sent")
         if self._mask_out or self._codec is not None:
             raise ValueError("this connection masks or compresses its frames")
-        out = self._out
+        out = self.pending_output
         for chunk in chunks:
             if chunk:  # b"" in the output means "end TCP"
                 out.append(chunk)
