@@ -217,7 +217,7 @@ class Connection(Emitter):
         self._finish_hooks: tuple[Callable[[Connection], Any], ...] = ()
         #: the opening handshake's state while CONNECTING (see ``opening``)
         self._opening: Optional[_Opening] = None
-        stream.on_data = self._on_data
+        stream.on_data = self._process  # called with the bytes read
         stream.on_eof = self._on_eof
         stream.on_close = self._on_stream_close
         stream.on_drain = self._on_drain
@@ -515,20 +515,17 @@ class Connection(Emitter):
         interval = self.options.ping_interval
         if interval is not None and self._keepalive is None:
             self._keepalive = Ticker.join(self.loop, interval, self._on_ping_timer)
-        if initial:
-            self.protocol.receive_data(initial)
-        self._process()
-
-    def _on_data(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        self._process()
+        self._process(initial)
 
     def _on_eof(self) -> None:
         self.protocol.receive_eof()
         self._process()
 
-    def _process(self) -> None:
-        """Send what the protocol queued, then handle its events, batch by batch.
+    def _process(self, data: bytes = b"") -> None:
+        """Feed ``data`` to the protocol, send what it queued, handle its events, batch by batch.
+
+        It is the stream's ``on_data`` too (one call per read less than a
+        wrapper that feeds and then processes); the other callers pass nothing.
 
         The protocol pauses after each complete message, so the answers a
         handler sends go out before anything the following frames cause.
@@ -538,6 +535,8 @@ class Connection(Emitter):
         events (the close, ``ConnectionLost``) are always handled.
         """
         protocol = self.protocol
+        if data:
+            protocol.receive_data(data)
         while True:
             events = protocol.events_received()
             if protocol.pending_output or protocol.state is not OPEN:
