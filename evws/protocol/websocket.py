@@ -284,6 +284,9 @@ class WebSocketProtocol:
         # a debug run parses with the same code as any other.
         self._fast_in = self._expect_masked and (self.max_fragments is None
                                                  or self.max_fragments >= 1)
+        # _fast_out: the short send paths are open -- unmasked, uncompressed,
+        # and (kept up to date where they change) no Close sent, not lost, no
+        # fragmented message being sent: one test per message instead of four.
         self._fast_out = not self._mask_out and deflate is None
 
     # ------------------------------------------------------------- state seams
@@ -726,6 +729,8 @@ class WebSocketProtocol:
             data = data.encode("utf-8")
         if fin:
             self._send_opcode = 0
+            # Open again (_check_open passed: no Close sent, not lost).
+            self._fast_out = not self._mask_out and self._codec is None
         if self._codec is not None:
             # RFC 7692 7.2.1: the message is compressed as one stream; only
             # its first frame carries RSV1.
@@ -740,6 +745,7 @@ class WebSocketProtocol:
             raise RuntimeError("a fragmented message is still being sent")
         if not fin:
             self._send_opcode = opcode
+            self._fast_out = False
         if self._codec is not None:
             self._queue(opcode, self._codec.compress(data, fin), fin, RSV1)
             return
@@ -759,8 +765,7 @@ class WebSocketProtocol:
             RuntimeError: a fragmented message is still being sent (data only).
         """
         if opcode == _TEXT or opcode == _BINARY:
-            if (self._fast_out and type(payload) is bytes and self.close_sent is None
-                    and not self._lost and not self._send_opcode):
+            if self._fast_out and type(payload) is bytes:
                 # The short path of an echo: what _send_data and _queue would do
                 # for an unmasked, uncompressed, unfragmented frame.
                 n = len(payload)
@@ -809,8 +814,7 @@ class WebSocketProtocol:
             as :meth:`send_message`.
         """
         if (self._fast_out and type(payload) is bytes and (opcode == _BINARY or opcode == _TEXT)
-                and not self.pending_output and self.close_sent is None and not self._lost
-                and not self._send_opcode):
+                and not self.pending_output):
             n = len(payload)
             if n < _SEPARATE_PAYLOAD:
                 if self._debug:
@@ -910,6 +914,7 @@ class WebSocketProtocol:
     def _send_close_frame(self, code: int | None, reason: str) -> None:
         payload = serialize_close(code, reason)
         self.close_sent = (code if payload else None, reason)
+        self._fast_out = False
         self._queue(_CLOSE, payload)
 
     def _queue(
@@ -945,6 +950,7 @@ class WebSocketProtocol:
         if self._lost:
             return
         self._lost = True
+        self._fast_out = False
         if self.close_code is None:
             # 7.1.5: no Close frame received: "considered to be 1006".
             self.close_code = 1006
