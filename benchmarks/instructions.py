@@ -286,7 +286,7 @@ def calls_per_rt(path: str, n: int, top: int) -> str:
     total = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])  # type: ignore[attr-defined]
     text = [f"    {total / n:.2f} Python-level calls per round trip (cProfile, builtins included)"]
-    for (file, line, name), (_, ncalls, tt, ct, _) in rows[:top]:
+    for (file, line, name), (_, ncalls, _, _, _) in rows[:top]:
         where = f"{os.path.basename(file)}:{line}" if line else file
         text.append(f"    {ncalls / n:6.2f}/rt  {name}  ({where})")
     return "\n".join(text)
