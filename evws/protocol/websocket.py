@@ -46,7 +46,7 @@ prepending it to the next input costs a bounded copy, and input trickling in
 one byte at a time costs linear time. The common case -- a whole small frame
 already in the input -- is sliced straight out of the input bytes; the
 commonest shape of all (a masked, unfragmented TEXT/BINARY frame with a 7- or
-16-bit length) is decoded by ``frames.simple_frame`` (C when built) in
+16-bit length) is decoded by ``frames.simple_message`` (C when built) in
 ``_consume``, before the general parser ``_parse`` is called at all.
 Outgoing unmasked, uncompressed data messages likewise take a short path in
 ``send_message`` (a precomputed 2-byte header for short payloads), and
@@ -74,7 +74,7 @@ from .events import (
     PingReceived,
     PongReceived,
 )
-from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header, simple_frame
+from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header, simple_message
 from .mask import apply_mask, unmask_into
 from .utf8 import IncrementalUtf8, Utf8Validator, check_utf8
 
@@ -367,21 +367,19 @@ class WebSocketProtocol:
 
         Every read and every resumption after a message starts here, so the
         short cut lives here, one call from ``receive_data``: a whole final
-        masked TEXT/BINARY frame of at most 64 KiB within the size limit
-        (``frames.simple_frame``, in C when built) is the next message, with
-        no call to the general parser. Anything else, or anything wrong, takes
+        masked TEXT/BINARY frame of at most 64 KiB within the size limit, a
+        TEXT one valid UTF-8 (``frames.simple_message``, in C when built), is
+        the next message, event built, with no call to the general parser. Anything else, or anything wrong, takes
         ``_parse``. A DEBUG run takes the same path (it only logs more).
         """
         try:
             if self._fast_in and not self._msg_opcode:
-                frame = simple_frame(data, pos, self.max_payload_size)
-                if frame is not None:
-                    opcode, payload, pos = frame
-                    if opcode == _TEXT:
-                        check_utf8(payload)
+                found = simple_message(data, pos, self.max_payload_size, MessageReceived)
+                if found is not None:
+                    event, pos = found
                     if self._debug:
-                        _log.debug("< %s %d bytes", _OPNAMES[opcode], len(payload))
-                    self._events.append(_new_event(MessageReceived, (opcode, payload)))
+                        _log.debug("< %s %d bytes", _OPNAMES[event[0]], len(event[1]))
+                    self._events.append(event)
                     if pos < len(data):
                         # Pause after the message (see the module docstring).
                         self.pending_input, self._rest_pos = data, pos
