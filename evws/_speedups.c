@@ -33,6 +33,13 @@
  *       otherwise None, and the caller parses the frame the general way.
  *       Why: on a small echo this replaces ~100 bytecodes, two slices and
  *       a call (websocket.py's fast path, benchmarks/PROFILE.md phase 5).
+ *   simple_message(data, pos, limit, event_type) -> (event, stop) or None
+ *       simple_frame's frame as the protocol's event: event_type (a tuple
+ *       subclass, MessageReceived) of (opcode, payload), built without an
+ *       argument tuple, and a TEXT payload already checked as UTF-8 (None if
+ *       it is not: the general path then reports it). Why: the receive short
+ *       cut in one call, no 3-tuple to unpack, no tuple.__new__ call
+ *       (benchmarks/PROFILE.md, phase 8).
  *   utf8_feed(data, state) -> int
  *       validate the next piece of a UTF-8 stream. `state` is 0 at the start
  *       of a stream; the result is the state to pass with the next piece
@@ -182,12 +189,70 @@ new_payload(PyObject *module, PyObject *arg)
     return PyBytes_FromStringAndSize(NULL, n);
 }
 
+/* The checks of simple_frame and simple_message: 1 and the frame's opcode,
+ * payload start and length when data[pos:] starts with a simple frame, 0 when
+ * it does not, -1 with an exception set for bad arguments. */
+static int
+parse_simple(PyObject *const *args, const char *name, int *opcode, Py_ssize_t *start,
+             Py_ssize_t *length)
+{
+    const unsigned char *d;
+    Py_ssize_t end, pos, limit = -1, n;
+    unsigned char b0, b1;
+
+    if (!PyBytes_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s: data must be bytes", name);
+        return -1;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (args[2] != Py_None)
+        limit = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred())
+        return -1;
+    if (args[2] != Py_None && limit < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: negative limit", name);
+        return -1;
+    }
+    d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    end = PyBytes_GET_SIZE(args[0]);
+    if (pos < 0 || end - pos < 2)
+        return 0;
+    b0 = d[pos];
+    b1 = d[pos + 1];
+    if ((b0 != 0x81 && b0 != 0x82) || !(b1 & 0x80))
+        return 0;
+    if ((b1 & 0x7F) < 126) {
+        n = b1 & 0x7F;
+        *start = pos + 6;
+    } else if ((b1 & 0x7F) == 126 && end - pos >= 4) {
+        n = ((Py_ssize_t)d[pos + 2] << 8) | d[pos + 3];
+        *start = pos + 8;
+    } else {
+        return 0;
+    }
+    if (*start > end || n > end - *start || (limit >= 0 && n > limit))
+        return 0;
+    *opcode = b0 & 0x0F;
+    *length = n;
+    return 1;
+}
+
+/* The unmasked payload of the frame parse_simple found. */
+static PyObject *
+simple_payload(PyObject *data, Py_ssize_t start, Py_ssize_t n)
+{
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, n);
+    if (payload != NULL)
+        xor_bytes((unsigned char *)PyBytes_AS_STRING(payload), d + start, n, d + start - 4, 0);
+    return payload;
+}
+
 static PyObject *
 simple_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    const unsigned char *d;
-    Py_ssize_t end, pos, limit = -1, start, n;
-    unsigned char b0, b1;
+    Py_ssize_t start = 0, n = 0;
+    int opcode = 0, found;
     PyObject *payload, *result;
 
     (void)module;
@@ -195,54 +260,87 @@ simple_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "simple_frame(data, pos, limit) takes 3 arguments");
         return NULL;
     }
-    if (!PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "simple_frame: data must be bytes");
-        return NULL;
-    }
-    pos = PyLong_AsSsize_t(args[1]);
-    if (args[2] != Py_None)
-        limit = PyLong_AsSsize_t(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (args[2] != Py_None && limit < 0) {
-        PyErr_SetString(PyExc_ValueError, "simple_frame: negative limit");
-        return NULL;
-    }
-    d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    end = PyBytes_GET_SIZE(args[0]);
-    if (pos < 0 || end - pos < 2)
-        Py_RETURN_NONE;
-    b0 = d[pos];
-    b1 = d[pos + 1];
-    if ((b0 != 0x81 && b0 != 0x82) || !(b1 & 0x80))
-        Py_RETURN_NONE;
-    if ((b1 & 0x7F) < 126) {
-        n = b1 & 0x7F;
-        start = pos + 6;
-    } else if ((b1 & 0x7F) == 126 && end - pos >= 4) {
-        n = ((Py_ssize_t)d[pos + 2] << 8) | d[pos + 3];
-        start = pos + 8;
-    } else {
+    found = parse_simple(args, "simple_frame", &opcode, &start, &n);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
         Py_RETURN_NONE;
     }
-    if (start > end || n > end - start || (limit >= 0 && n > limit))
-        Py_RETURN_NONE;
-    payload = PyBytes_FromStringAndSize(NULL, n);
+    payload = simple_payload(args[0], start, n);
     if (payload == NULL)
         return NULL;
-    xor_bytes((unsigned char *)PyBytes_AS_STRING(payload), d + start, n, d + start - 4, 0);
     result = PyTuple_New(3);
     if (result == NULL) {
         Py_DECREF(payload);
         return NULL;
     }
-    PyTuple_SET_ITEM(result, 0, PyLong_FromLong(b0 & 0x0F));  /* small ints are cached */
+    PyTuple_SET_ITEM(result, 0, PyLong_FromLong(opcode));  /* small ints are cached */
     PyTuple_SET_ITEM(result, 1, payload);
     PyTuple_SET_ITEM(result, 2, PyLong_FromSsize_t(start + n));
     if (PyTuple_GET_ITEM(result, 2) == NULL) {
         Py_DECREF(result);
         return NULL;
     }
+    return result;
+}
+
+static long utf8_scan(const unsigned char *s, Py_ssize_t n, long state);
+
+static PyObject *
+simple_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start = 0, n = 0;
+    int opcode = 0, found;
+    PyTypeObject *event_type;
+    PyObject *payload, *event, *result, *stop;
+
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "simple_message(data, pos, limit, event_type) takes 4 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "simple_message: event_type must be a tuple type");
+        return NULL;
+    }
+    event_type = (PyTypeObject *)args[3];
+    found = parse_simple(args, "simple_message", &opcode, &start, &n);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    payload = simple_payload(args[0], start, n);
+    if (payload == NULL)
+        return NULL;
+    if (opcode == 1 && utf8_scan((const unsigned char *)PyBytes_AS_STRING(payload), n, 0) != 0) {
+        Py_DECREF(payload);
+        Py_RETURN_NONE;  /* not valid UTF-8: the general path says so */
+    }
+    stop = PyLong_FromSsize_t(start + n);
+    if (stop == NULL) {
+        Py_DECREF(payload);
+        return NULL;
+    }
+    /* What tuple.__new__(event_type, (opcode, payload)) does, without the
+     * argument tuple: allocate the subtype with two items and fill them. */
+    event = event_type->tp_alloc(event_type, 2);
+    if (event == NULL) {
+        Py_DECREF(payload);
+        Py_DECREF(stop);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(event, 0, PyLong_FromLong(opcode));  /* small ints are cached */
+    PyTuple_SET_ITEM(event, 1, payload);
+    result = PyTuple_New(2);
+    if (result == NULL) {
+        Py_DECREF(event);
+        Py_DECREF(stop);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, event);
+    PyTuple_SET_ITEM(result, 1, stop);
     return result;
 }
 
@@ -343,6 +441,9 @@ static PyMethodDef speedups_methods[] = {
      "new_payload(n) -> bytes: n uninitialised bytes for unmask_into to fill."},
     {"simple_frame", (PyCFunction)(void (*)(void))simple_frame, METH_FASTCALL,
      "simple_frame(data, pos, limit) -> (opcode, payload, stop) or None"},
+    {"simple_message", (PyCFunction)(void (*)(void))simple_message, METH_FASTCALL,
+     "simple_message(data, pos, limit, event_type) -> (event_type((opcode, payload)), stop)\n"
+     "or None; TEXT payloads must be valid UTF-8."},
     {"utf8_feed", (PyCFunction)(void (*)(void))utf8_feed, METH_FASTCALL,
      "utf8_feed(data, state) -> int: validate the next piece of a UTF-8 stream;\n"
      "returns the next state (0 between characters) or -1 if invalid."},

@@ -217,7 +217,7 @@ class Connection(Emitter):
         self._finish_hooks: tuple[Callable[[Connection], Any], ...] = ()
         #: the opening handshake's state while CONNECTING (see ``opening``)
         self._opening: Optional[_Opening] = None
-        stream.on_data = self._on_data
+        stream.on_data = self._process  # called with the bytes read
         stream.on_eof = self._on_eof
         stream.on_close = self._on_stream_close
         stream.on_drain = self._on_drain
@@ -381,20 +381,30 @@ class Connection(Emitter):
             opcode = message.opcode  # type: ignore[union-attr]
             if opcode == _CLOSE:
                 raise ValueError("use Connection.close(code, reason) to close")
-            protocol.send_message(message.body, opcode)  # type: ignore[union-attr]
+            frame = protocol.encode_message(message.body, opcode)  # type: ignore[union-attr]
         elif kind is bytes:
-            protocol.send_message(message, _BINARY)  # type: ignore[arg-type]
+            frame = protocol.encode_message(message, _BINARY)  # type: ignore[arg-type]
         elif isinstance(message, str):
-            protocol.send_message(message.encode("utf-8"), _TEXT)
+            frame = protocol.encode_message(message.encode("utf-8"), _TEXT)
         elif isinstance(message, Message):
             if message.opcode == _CLOSE:
                 raise ValueError("use Connection.close(code, reason) to close")
-            protocol.send_message(message.body, message.opcode)
+            frame = protocol.encode_message(message.body, message.opcode)
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            protocol.send_message(bytes(message), _BINARY)
+            frame = protocol.encode_message(bytes(message), _BINARY)
         else:
             raise TypeError(f"cannot send {type(message).__name__}: use str, bytes or Message")
-        self._flush()
+        if frame is None:
+            self._flush()  # queued in the protocol: the general path
+            return
+        # The direct path: nothing was queued before this frame, the
+        # connection is open, so the frame goes straight to the stream.
+        try:
+            queued = self.stream.write(frame)
+        except BrokenPipeError:
+            return  # the stream is closing or failed: nowhere to send it
+        if queued:
+            self._check_high_water(queued)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 7.1.2).
@@ -441,7 +451,7 @@ class Connection(Emitter):
         # _process stops after this event): nothing may overtake the first
         # frames, which wait in the protocol. The stream keeps reading: what
         # arrives meanwhile (one turn) goes into the protocol unprocessed (see
-        # _on_data), so there is no pause and resume, and no epoll_ctl pair
+        # _process), so there is no pause and resume, and no epoll_ctl pair
         # per connection, for it.
         self._flush()  # the 101 goes out before anything a CondVar callback sends
         if opening.on_open is not None:
@@ -507,23 +517,18 @@ class Connection(Emitter):
         interval = self.options.ping_interval
         if interval is not None and self._keepalive is None:
             self._keepalive = Ticker.join(self.loop, interval, self._on_ping_timer)
-        if initial:
-            self.protocol.receive_data(initial)
-        self._process()
-
-    def _on_data(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        if self._opening is None or not self._opening.cv.ready:
-            self._process()
-        # else: open, and held until _start, which processes it in order
+        self._process(initial)
 
     def _on_eof(self) -> None:
         self.protocol.receive_eof()
         if self._opening is None or not self._opening.cv.ready:
             self._process()
 
-    def _process(self) -> None:
-        """Send what the protocol queued, then handle its events, batch by batch.
+    def _process(self, data: bytes = b"") -> None:
+        """Feed ``data`` to the protocol, send what it queued, handle its events, batch by batch.
+
+        It is the stream's ``on_data`` too (one call per read less than a
+        wrapper that feeds and then processes); the other callers pass nothing.
 
         The protocol pauses after each complete message, so the answers a
         handler sends go out before anything the following frames cause.
@@ -533,18 +538,54 @@ class Connection(Emitter):
         events (the close, ``ConnectionLost``) are always handled.
         """
         protocol = self.protocol
+        if data:
+            protocol.receive_data(data)
+            opening = self._opening
+            if opening is not None and opening.cv.ready:
+                return  # open, and held until _start, which processes it in order
         while True:
             events = protocol.events_received()
-            if protocol.has_data_to_send or protocol.state is not OPEN:
+            if protocol.pending_output or protocol.state is not OPEN:
                 self._flush()
             if not events:
                 return
             for event in events:
-                # Messages first, without a call through _handle_event.
-                if type(event) is MessageReceived:
-                    self._deliver(event)
-                elif self._handle_event(event):
-                    return  # opened: the first frames wait for _start
+                if type(event) is not MessageReceived:
+                    if self._handle_event(event):
+                        return  # opened: the first frames wait for _start
+                    continue
+                # A message: _deliver's body, inline (one call less per
+                # message; _deliver serves the rare paths).
+                message = _new_message(Message)
+                message.opcode, message.body = event
+                registry = self._handlers
+                if "next_message" in registry:
+                    handlers = registry.pop("next_message").functions
+                    every = registry.get("each_message")
+                    if every is not None:
+                        handlers += every.functions
+                else:
+                    every = registry.get("each_message")
+                    if every is None:
+                        continue
+                    handlers = every.functions
+                for handler in handlers:
+                    if self._finished:
+                        break
+                    try:
+                        handler(self, message)
+                    except Exception as exc:
+                        self._handler_failed(exc)
+                        break
+            if protocol.pending_input is None:
+                # Nothing parked: the batch was all the input held. What the
+                # handlers sent went out with each send (every Connection
+                # method flushes); a handler's failure was processed where
+                # it happened. So the empty batch that would follow is not
+                # asked for (a call and a property per message).
+                if protocol.state is not OPEN:
+                    self._flush()
+                return
             if self._read_paused and protocol.input_open:
                 return
 
@@ -584,10 +625,8 @@ class Connection(Emitter):
                               else stream.writev(chunks))
                 except BrokenPipeError:
                     queued = 0  # the stream is closing or failed: nowhere to send it
-                high = self.options.high_water
-                if high is not None and queued >= high and not self._read_paused:
-                    self._read_paused = True
-                    stream.pause_reading()
+                if queued:
+                    self._check_high_water(queued)
             else:
                 chunks.pop()
                 if chunks and not stream.closing:
@@ -598,6 +637,13 @@ class Connection(Emitter):
                 and self._close_timer is None and not self._finished):
             self._close_timer = self.loop.timer(self.options.close_timeout,
                                                 self._on_close_timeout)
+
+    def _check_high_water(self, queued: int) -> None:
+        """Flow control: from ``high_water`` bytes queued on, stop reading (and parsing)."""
+        high = self.options.high_water
+        if high is not None and queued >= high and not self._read_paused:
+            self._read_paused = True
+            self.stream.pause_reading()
 
     def _on_drain(self) -> None:
         """The output queue fell to ``low_water`` (or emptied): read again, emit ``drain``."""
@@ -714,6 +760,10 @@ class Connection(Emitter):
 
         ``emit`` is not used on the per-message path (see ``evws.emitter``).
         A handler that raises fails only this connection, with 1011.
+        ``_process`` runs the same steps inline for the messages of a batch
+        (a call less per message, benchmarks/PROFILE.md phase 8); this serves
+        the events handled through ``_handle_event`` (the stream's close).
+        Change both together.
         """
         message = _new_message(Message)
         message.opcode, message.body = event
@@ -721,12 +771,14 @@ class Connection(Emitter):
         # one snapshot in the common case, no method calls through emit.
         registry = self._handlers
         every = registry.get("each_message")
+        # ``functions`` tuples are snapshots already: a handler that adds or
+        # removes listeners changes the next message's, not this one's.
         if "next_message" in registry:
-            handlers = registry.pop("next_message").values()
+            handlers = registry.pop("next_message").functions
             if every is not None:
-                handlers += every.values()
+                handlers += every.functions
         elif every is not None:
-            handlers = every.values()
+            handlers = every.functions
         else:
             return
         for handler in handlers:

@@ -38,47 +38,57 @@ _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
 
 class Listeners(MutableMapping[Listener, Listener]):
-    """One event's listeners (listener -> function to call), in one flat list.
+    """One event's listeners (listener -> function to call), in registration order.
 
-    A ``dict`` holding one listener costs ~220 bytes; this holds ``[key,
-    value, key, value...]`` in registration order (~100 bytes). An emitter
-    has a handful of listeners, so the linear lookups cost nothing.
+    A ``dict`` holding one listener costs ~220 bytes; this holds two tuples,
+    the listeners and the functions to call (~100 bytes). An emitter has a
+    handful of listeners, so the linear lookups cost nothing, and a change
+    (rare) builds new tuples.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_keys", "functions")
 
     def __init__(self) -> None:
-        self._items: list[Listener] = []
+        self._keys: tuple[Listener, ...] = ()
+        #: the functions to call, in order. A new tuple on every change, so
+        #: iterating it is a snapshot without a copy: the per-message path
+        #: (``Connection``) reads it instead of calling :meth:`values`.
+        self.functions: tuple[Listener, ...] = ()
 
     def _index(self, key: Listener) -> int:
-        items = self._items
-        for i in range(0, len(items), 2):
-            if items[i] == key:
-                return i
-        raise KeyError(key)
+        try:
+            return self._keys.index(key)
+        except ValueError:
+            raise KeyError(key) from None
 
     def __getitem__(self, key: Listener) -> Listener:
-        return self._items[self._index(key) + 1]
+        return self.functions[self._index(key)]
 
     def __setitem__(self, key: Listener, value: Listener) -> None:
         try:
-            self._items[self._index(key) + 1] = value
+            i = self._index(key)
         except KeyError:
-            self._items += (key, value)
+            self._keys += (key,)
+            self.functions += (value,)
+        else:
+            functions = self.functions
+            self.functions = functions[:i] + (value,) + functions[i + 1:]
 
     def __delitem__(self, key: Listener) -> None:
         i = self._index(key)
-        del self._items[i:i + 2]
+        keys, functions = self._keys, self.functions
+        self._keys = keys[:i] + keys[i + 1:]
+        self.functions = functions[:i] + functions[i + 1:]
 
     def __iter__(self) -> Iterator[Listener]:
-        return iter(self._items[::2])
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self._items) >> 1
+        return len(self._keys)
 
     def values(self) -> list[Listener]:  # type: ignore[override]
-        """The functions to call, in order: a new list (a snapshot), fast to make."""
-        return self._items[1::2]
+        """The functions to call, in order: a new list (a snapshot)."""
+        return list(self.functions)
 
 
 class Emitter(EventEmitter):

@@ -221,3 +221,19 @@ def test_self_signed_certificate_is_usable_by_a_tls_server(run, tmp_path):
     assert not isinstance(made, str), made
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*made)
+
+
+# --- benchmarks/instructions.py: the phases and its client, without valgrind -------------
+
+def test_instructions_script_runs_its_phases_against_a_tree():
+    """``--cprofile`` drives the same phases as the callgrind run (real echo server, real
+    sockets, the SIGUSR1 phase marks) and reports each measured phase's calls per round trip."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "instructions.py"), "--cprofile",
+         "-n", "60", "-c", "3", "--tree", ROOT],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 connection(s):" in out.stdout and "3 connection(s):" in out.stdout
+    assert out.stdout.count("Python-level calls per round trip") == 2
+    # Every echo went through the example's handler: one call per round trip.
+    assert "1.00/rt  echo  (echo_server.py" in out.stdout

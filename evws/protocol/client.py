@@ -93,7 +93,7 @@ class ClientProtocol(WebSocketProtocol):
         self._body_wanted: int | None = None  # None: the body ends at EOF
         self._max_error_body = max_error_body
         extensions = None if deflate_config is None else client_offer(deflate_config)
-        self._out.append(build_request(host, resource, self.key, subprotocols=self._offered,
+        self.pending_output.append(build_request(host, resource, self.key, subprotocols=self._offered,
                                        extensions=extensions, origin=origin, headers=headers))
 
     @property
@@ -157,7 +157,7 @@ class ClientProtocol(WebSocketProtocol):
             _log.debug("= OPEN")
         if parser.leftover:
             # The first frames: parsed by the next events_received() call.
-            self._rest, self._rest_pos = parser.leftover, 0
+            self.pending_input, self._rest_pos = parser.leftover, 0
         self._events.append(ResponseReceived(head))
 
     def _take_body(self, data: bytes) -> None:

@@ -31,11 +31,14 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
-from ..errors import ProtocolError
+from ..errors import InvalidUTF8, ProtocolError
 from .mask import apply_mask
 from .speedups import c_function
+from .utf8 import check_utf8
+
+_Event = TypeVar("_Event", bound=tuple[Any, ...])
 
 __all__ = [
     "Opcode",
@@ -49,6 +52,7 @@ __all__ = [
     "parse_header",
     "serialize_frame",
     "simple_frame",
+    "simple_message",
 ]
 
 
@@ -250,3 +254,35 @@ def _py_simple_frame(data: bytes, pos: int, limit: int | None) -> tuple[int, byt
 
 simple_frame: Callable[[bytes, int, int | None], tuple[int, bytes, int] | None] = (
     c_function("simple_frame") or _py_simple_frame)
+
+
+def _py_simple_message(data: bytes, pos: int, limit: int | None,
+                       event_type: type[_Event]) -> tuple[_Event, int] | None:
+    """:func:`simple_frame`'s frame as the protocol's event, in one step.
+
+    Returns ``(event, stop)`` where ``event`` is ``event_type`` (a tuple
+    subclass: ``MessageReceived``) holding ``(opcode, payload)``, or
+    ``None`` when :func:`simple_frame` would -- and also for a TEXT payload
+    that is not valid UTF-8, which the general path then reports.
+
+    Why: the receive short cut of ``WebSocketProtocol`` in one call, with no
+    3-tuple to unpack and no ``tuple.__new__`` call
+    (``evws._speedups.simple_message`` when built; benchmarks/PROFILE.md,
+    phase 8).
+    """
+    if not (isinstance(event_type, type) and issubclass(event_type, tuple)):
+        raise TypeError("simple_message: event_type must be a tuple type")
+    frame = _py_simple_frame(data, pos, limit)
+    if frame is None:
+        return None
+    opcode, payload, stop = frame
+    if opcode == 1:
+        try:
+            check_utf8(payload)
+        except InvalidUTF8:
+            return None
+    return tuple.__new__(event_type, (opcode, payload)), stop
+
+
+simple_message: Callable[[bytes, int, int | None, type[Any]], tuple[Any, int] | None] = (
+    c_function("simple_message") or _py_simple_message)

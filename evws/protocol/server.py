@@ -151,7 +151,7 @@ class ServerProtocol(WebSocketProtocol):
         data, subprotocol, extensions = _render(response)
         self._answered = True
         self.subprotocol = subprotocol
-        self._out.append(data)
+        self.pending_output.append(data)
         # Raw responses may agree to deflate even when offers are declined.
         self._configure(params_from_response(extensions, self._deflate_config or DeflateConfig()))
         self._deflate_config = None
@@ -161,7 +161,7 @@ class ServerProtocol(WebSocketProtocol):
             _log.debug("= OPEN")
         if self._early:
             # The first frames: parsed by the next events_received() call.
-            self._rest, self._rest_pos = self._early, 0
+            self.pending_input, self._rest_pos = self._early, 0
             self._early = b""
 
     def reject(self, response: bytes) -> None:
@@ -178,7 +178,7 @@ class ServerProtocol(WebSocketProtocol):
             raise RuntimeError("the request was answered already")
         self._answered = True
         if response:
-            self._out.append(bytes(response))
+            self.pending_output.append(bytes(response))
         self._end_tcp()
         self._close_unopened()
 

@@ -46,9 +46,12 @@ prepending it to the next input costs a bounded copy, and input trickling in
 one byte at a time costs linear time. The common case -- a whole small frame
 already in the input -- is sliced straight out of the input bytes; the
 commonest shape of all (a masked, unfragmented TEXT/BINARY frame with a 7- or
-16-bit length) is decoded inline in ``_parse`` without the generic header
-parser. Outgoing unmasked, uncompressed data messages likewise take a short
-path in ``send_message`` (a precomputed 2-byte header for short payloads).
+16-bit length) is decoded by ``frames.simple_message`` (C when built) in
+``_consume``, before the general parser ``_parse`` is called at all.
+Outgoing unmasked, uncompressed data messages likewise take a short path in
+``send_message`` (a precomputed 2-byte header for short payloads), and
+``encode_message`` hands such a frame straight back to an I/O layer that has
+nothing else queued.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from .events import (
     PingReceived,
     PongReceived,
 )
-from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header, simple_frame
+from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header, simple_message
 from .mask import apply_mask, unmask_into
 from .utf8 import IncrementalUtf8, Utf8Validator, check_utf8
 
@@ -183,6 +186,15 @@ class WebSocketProtocol:
         close_reason: the reason received (``None`` until known).
         close_sent: ``(code, reason)`` of the Close frame we sent, ``None``
             before that; code is ``None`` if the frame carried no code.
+        pending_input: (read-only) ``None``, or the input whose parsing paused
+            after a complete message or Ping (from an offset kept inside):
+            the next ``events_received()`` with no events left parses on. An
+            I/O layer that has handled a batch reads it -- a plain attribute,
+            no call per message -- to know whether to ask again.
+        pending_output: (read-only) the chunks :meth:`data_to_send` will
+            return, a list; empty when nothing is queued. The same as
+            :attr:`has_data_to_send` without a property call, for an I/O
+            layer's per-message path.
     """
 
     # Slots: a server holds thousands of idle protocols, and an instance
@@ -192,7 +204,7 @@ class WebSocketProtocol:
         "side", "deflate", "_codec", "_inflating", "allowed_rsv_bits",
         "max_payload_size", "max_fragments", "state", "close_code",
         "close_reason", "close_sent", "_mask_out", "_expect_masked", "_debug",
-        "_fast_in", "_fast_out", "_events", "_out", "_buf", "_rest",
+        "_fast_in", "_fast_out", "_events", "pending_output", "_buf", "pending_input",
         "_rest_pos", "_input_closed", "_eof_sent", "_lost", "_frame_left",
         "_frame_key", "_frame_keypos", "_frame_fin", "_msg_opcode", "_msg_buf",
         "_msg_fill", "_msg_size", "_msg_frames", "_utf8", "_send_opcode",
@@ -222,12 +234,15 @@ class WebSocketProtocol:
         self.close_reason: str | None = None
         self.close_sent: tuple[int | None, str] | None = None
         self._events: list[Any] = []
-        self._out: list[bytes] = []
+        # The chunks data_to_send() returns next (public, read-only for
+        # callers: see the class docstring).
+        self.pending_output: list[bytes] = []
         self._buf = b""  # an incomplete header or control frame, see module doc
         # Input not yet parsed because a message was completed before it:
         # the bytes and where parsing resumes (kept whole, not sliced, so
-        # many small messages in one read cost no copies).
-        self._rest: bytes | None = None
+        # many small messages in one read cost no copies). Public, read-only
+        # for callers: see the class docstring.
+        self.pending_input: bytes | None = None
         self._rest_pos = 0
         # No frame is parsed: Close received, EOF, or failed -- and, in a
         # ServerProtocol/ClientProtocol, CONNECTING (the handshake has the input).
@@ -269,6 +284,9 @@ class WebSocketProtocol:
         # a debug run parses with the same code as any other.
         self._fast_in = self._expect_masked and (self.max_fragments is None
                                                  or self.max_fragments >= 1)
+        # _fast_out: the short send paths are open -- unmasked, uncompressed,
+        # and (kept up to date where they change) no Close sent, not lost, no
+        # fragmented message being sent: one test per message instead of four.
         self._fast_out = not self._mask_out and deflate is None
 
     # ------------------------------------------------------------- state seams
@@ -281,8 +299,8 @@ class WebSocketProtocol:
 
     @property
     def has_data_to_send(self) -> bool:
-        """True when :meth:`data_to_send` would return something."""
-        return bool(self._out)
+        """True when :meth:`data_to_send` would return something (``bool(pending_output)``)."""
+        return bool(self.pending_output)
 
     @property
     def finished(self) -> bool:
@@ -299,9 +317,9 @@ class WebSocketProtocol:
         batch before asking for the next.
         """
         events = self._events
-        if not events and self._rest is not None:
-            data, pos = self._rest, self._rest_pos
-            self._rest = None
+        if not events and self.pending_input is not None:
+            data, pos = self.pending_input, self._rest_pos
+            self.pending_input = None
             self._consume(data, pos)
             events = self._events
         self._events = []
@@ -313,7 +331,7 @@ class WebSocketProtocol:
         An empty chunk ``b""`` means: end the TCP connection now (after writing
         what precedes it). Nothing else is ever queued after it.
         """
-        out, self._out = self._out, []
+        out, self.pending_output = self.pending_output, []
         return out
 
     def close_expected(self) -> bool:
@@ -334,9 +352,9 @@ class WebSocketProtocol:
             if data and self.state is CONNECTING:
                 self._receive_handshake(data)
             return
-        if self._rest is not None:
-            data = self._rest[self._rest_pos :] + data
-            self._rest = None
+        if self.pending_input is not None:
+            data = self.pending_input[self._rest_pos :] + data
+            self.pending_input = None
         elif self._buf:
             data = self._buf + data
             self._buf = b""
@@ -345,8 +363,27 @@ class WebSocketProtocol:
         self._consume(data, 0)
 
     def _consume(self, data: bytes, pos: int) -> None:
-        """Parse ``data`` from ``pos`` (``_parse`` keeps what is left for later)."""
+        """Parse ``data`` from ``pos`` (``_parse`` keeps what is left for later).
+
+        Every read and every resumption after a message starts here, so the
+        short cut lives here, one call from ``receive_data``: a whole final
+        masked TEXT/BINARY frame of at most 64 KiB within the size limit, a
+        TEXT one valid UTF-8 (``frames.simple_message``, in C when built), is
+        the next message, event built, with no call to the general parser. Anything else, or anything wrong, takes
+        ``_parse``. A DEBUG run takes the same path (it only logs more).
+        """
         try:
+            if self._fast_in and not self._msg_opcode:
+                found = simple_message(data, pos, self.max_payload_size, MessageReceived)
+                if found is not None:
+                    event, pos = found
+                    if self._debug:
+                        _log.debug("< %s %d bytes", _OPNAMES[event[0]], len(event[1]))
+                    self._events.append(event)
+                    if pos < len(data):
+                        # Pause after the message (see the module docstring).
+                        self.pending_input, self._rest_pos = data, pos
+                    return
             self._parse(data, pos)
         except ProtocolError as exc:
             self._fail(exc.close_code, _clip_reason(str(exc)), exc)
@@ -371,10 +408,10 @@ class WebSocketProtocol:
         if self.state is CONNECTING:
             self._handshake_eof()
             return
-        while self._rest is not None and not self._input_closed:
+        while self.pending_input is not None and not self._input_closed:
             # Input that came before the EOF is still due (7.1.5).
-            data, pos = self._rest, self._rest_pos
-            self._rest = None
+            data, pos = self.pending_input, self._rest_pos
+            self.pending_input = None
             self._consume(data, pos)
         if self._lost:
             return
@@ -390,7 +427,7 @@ class WebSocketProtocol:
 
         What is not parsed is kept: after a complete data message (or a
         Ping) with input left over, the whole input and where to resume
-        (``_rest``, ``_rest_pos``: no copy); otherwise the incomplete header
+        (``pending_input``, ``_rest_pos``: no copy); otherwise the incomplete header
         or control frame at the end (``_buf``).
         """
         end = len(data)
@@ -400,26 +437,9 @@ class WebSocketProtocol:
                 # The rest (or more) of a data frame's payload.
                 pos = self._frame_data(data, pos, end)
                 if not self._frame_left and self._frame_fin and pos < end:
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
                 continue
-
-            if self._fast_in and not self._msg_opcode:
-                # The short cut (frames.simple_frame): a whole final masked
-                # TEXT/BINARY frame of at most 64 KiB within the size limit.
-                # Anything else, or anything wrong, takes the general path.
-                frame = simple_frame(data, pos, self.max_payload_size)
-                if frame is not None:
-                    opcode, payload, pos = frame
-                    if opcode == _TEXT:
-                        check_utf8(payload)
-                    if self._debug:
-                        _log.debug("< %s %d bytes", _OPNAMES[opcode], len(payload))
-                    events.append(_new_event(MessageReceived, (opcode, payload)))
-                    if pos < end:
-                        self._rest, self._rest_pos = data, pos
-                        return
-                    continue
 
             header = parse_header(data, pos, self.allowed_rsv_bits)
             if header is None:
@@ -452,7 +472,7 @@ class WebSocketProtocol:
                 if opcode == _PING and pos < end:
                     # Its Pong is output, like an echo's answer: pausing here
                     # lets the I/O layer's flow control bound a Ping flood.
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
                 continue
 
@@ -488,7 +508,7 @@ class WebSocketProtocol:
                 events.append(_new_event(MessageReceived, (opcode, payload)))
                 pos = stop
                 if pos < end:
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
                 continue
 
@@ -510,7 +530,7 @@ class WebSocketProtocol:
             if not length:
                 self._frame_data(data, pos, pos)  # an empty frame may end the message
                 if fin and pos < end:
-                    self._rest, self._rest_pos = data, pos
+                    self.pending_input, self._rest_pos = data, pos
                     return
         if pos < end and not self._input_closed:
             self._buf = data[pos:]
@@ -649,7 +669,7 @@ class WebSocketProtocol:
         self.close_reason = reason
         self._input_closed = True
         self._buf = b""
-        self._rest = None
+        self.pending_input = None
         self._reset_message()
         if self.close_sent is None:
             # 5.5.1: "If an endpoint receives a Close frame and did not
@@ -707,6 +727,8 @@ class WebSocketProtocol:
             data = data.encode("utf-8")
         if fin:
             self._send_opcode = 0
+            # Open again (_check_open passed: no Close sent, not lost).
+            self._fast_out = not self._mask_out and self._codec is None
         if self._codec is not None:
             # RFC 7692 7.2.1: the message is compressed as one stream; only
             # its first frame carries RSV1.
@@ -721,6 +743,7 @@ class WebSocketProtocol:
             raise RuntimeError("a fragmented message is still being sent")
         if not fin:
             self._send_opcode = opcode
+            self._fast_out = False
         if self._codec is not None:
             self._queue(opcode, self._codec.compress(data, fin), fin, RSV1)
             return
@@ -740,23 +763,22 @@ class WebSocketProtocol:
             RuntimeError: a fragmented message is still being sent (data only).
         """
         if opcode == _TEXT or opcode == _BINARY:
-            if (self._fast_out and type(payload) is bytes and self.close_sent is None
-                    and not self._lost and not self._send_opcode):
+            if self._fast_out and type(payload) is bytes:
                 # The short path of an echo: what _send_data and _queue would do
                 # for an unmasked, uncompressed, unfragmented frame.
                 n = len(payload)
                 if self._debug:
                     _log.debug("> %s fin=1 %d bytes", _OPNAMES[opcode], n)
                 if n < 126:
-                    self._out.append(_SHORT_HEADS[opcode][n] + payload)
+                    self.pending_output.append(_SHORT_HEADS[opcode][n] + payload)
                     return
                 head = (_pack_head16(0x80 | opcode, 126, n) if n < 0x10000
                         else frame_header(opcode, n))
                 if n < _SEPARATE_PAYLOAD:
-                    self._out.append(head + payload)
+                    self.pending_output.append(head + payload)
                 else:
-                    self._out.append(head)
-                    self._out.append(payload)
+                    self.pending_output.append(head)
+                    self.pending_output.append(payload)
                 return
             self._send_data(opcode, payload, True)
         elif opcode == _PING:
@@ -772,6 +794,34 @@ class WebSocketProtocol:
             self.send_close(None if not payload else code, reason)
         else:
             raise ValueError(f"cannot send a message with opcode {opcode}")
+
+    def encode_message(self, payload: bytes | bytearray | memoryview, opcode: int) -> bytes | None:
+        """Send a whole message like :meth:`send_message`, handing back its frame when it can.
+
+        The direct send path of an I/O layer: when nothing else is queued
+        (:meth:`data_to_send` would return nothing) and the message takes the
+        short path -- TEXT or BINARY ``bytes`` under 4 KiB, unmasked,
+        uncompressed, no fragmented message being sent -- the frame is
+        returned and *not* queued, and the caller writes it right away,
+        exactly as it would have written ``data_to_send()``. That saves the
+        queue round trip (a list, two calls) on every echo. Otherwise the
+        message is queued as :meth:`send_message` queues it and ``None`` is
+        returned: the caller flushes ``data_to_send()`` as usual.
+
+        Raises:
+            as :meth:`send_message`.
+        """
+        if (self._fast_out and type(payload) is bytes and (opcode == _BINARY or opcode == _TEXT)
+                and not self.pending_output):
+            n = len(payload)
+            if n < _SEPARATE_PAYLOAD:
+                if self._debug:
+                    _log.debug("> %s fin=1 %d bytes", _OPNAMES[opcode], n)
+                if n < 126:
+                    return _SHORT_HEADS[opcode][n] + payload
+                return _pack_head16(0x80 | opcode, 126, n) + payload
+        self.send_message(payload, opcode)
+        return None
 
     def send_ping(self, payload: str | bytes | bytearray | memoryview = b"") -> None:
         """Send a Ping (5.5.2); the payload is at most 125 bytes.
@@ -842,7 +892,7 @@ class WebSocketProtocol:
             _log.debug("! failing with %d %s", code, reason)
         self._input_closed = True
         self._buf = b""
-        self._rest = None
+        self.pending_input = None
         self._reset_message()
         if self.close_sent is None:
             self._send_close_frame(code, reason)
@@ -862,6 +912,7 @@ class WebSocketProtocol:
     def _send_close_frame(self, code: int | None, reason: str) -> None:
         payload = serialize_close(code, reason)
         self.close_sent = (code if payload else None, reason)
+        self._fast_out = False
         self._queue(_CLOSE, payload)
 
     def _queue(
@@ -879,24 +930,25 @@ class WebSocketProtocol:
             _log.debug("> %s fin=%d %d bytes%s", _OPNAMES[opcode], fin, n,
                        " (compressed)" if rsv else "")
         if n < _SEPARATE_PAYLOAD:
-            self._out.append(head + payload)
+            self.pending_output.append(head + payload)
         else:
             # Saves copying a large payload; never empty, so never taken for EOF.
-            self._out.append(head)
-            self._out.append(payload if type(payload) is bytes else bytes(payload))
+            self.pending_output.append(head)
+            self.pending_output.append(payload if type(payload) is bytes else bytes(payload))
 
     def _end_tcp(self) -> None:
         if not self._eof_sent:
             if self._debug:
                 _log.debug("> EOF")
             self._eof_sent = True
-            self._out.append(b"")
+            self.pending_output.append(b"")
 
     def _finish(self) -> None:
         """Emit ``ConnectionLost``; the single place that does, so once only."""
         if self._lost:
             return
         self._lost = True
+        self._fast_out = False
         if self.close_code is None:
             # 7.1.5: no Close frame received: "considered to be 1006".
             self.close_code = 1006
@@ -938,7 +990,7 @@ class WebSocketProtocol:
             raise RuntimeError("a fragmented message is still being sent")
         if self._mask_out or self._codec is not None:
             raise ValueError("this connection masks or compresses its frames")
-        out = self._out
+        out = self.pending_output
         for chunk in chunks:
             if chunk:  # b"" in the output means "end TCP"
                 out.append(chunk)

@@ -123,7 +123,7 @@ class Stream:
         "_sock", "_fd", "_loop", "on_data", "on_eof", "on_close", "on_drain",
         "read_size", "linger", "_rw", "_ww", "_queue", "_buffered",
         "_want_read", "_paused", "_eof", "_shut_pending", "_write_shut",
-        "_closing", "_closed", "_timer", "_tls", "low_water", "_above_low", "_rq",
+        "_closing", "_closed", "_no_write", "_timer", "_tls", "low_water", "_above_low", "_rq",
     )
 
     def __init__(
@@ -164,6 +164,9 @@ class Stream:
         self._write_shut = False
         self._closing = False     # close() was called: flush, shut, drain
         self._closed = False      # the fd is closed
+        # Any of _closing, _shut_pending, _write_shut (each only ever turns
+        # True): write() tests one flag per message instead of three.
+        self._no_write = False
         self._timer: Timer | None = None
         self._tls = isinstance(sock, ssl.SSLSocket)
         #: ``on_drain`` also fires when the queue falls to this many bytes
@@ -361,8 +364,8 @@ class Stream:
             BrokenPipeError: after ``close()``, ``abort()`` or
                 ``shutdown_write()``, or once the stream failed.
         """
-        # _closed implies _closing: one test fewer per message.
-        if self._closing or self._shut_pending or self._write_shut:
+        # _no_write: closing, closed or shut down for writing, in one test.
+        if self._no_write:
             raise BrokenPipeError(errno.EPIPE, "stream is closed for writing")
         if type(data) is not bytes:
             # Any other buffer goes through a flat byte view, so len() counts bytes.
@@ -407,7 +410,7 @@ class Stream:
             for chunk in chunks:
                 self.write(chunk)
             return self._buffered
-        if self._closing or self._shut_pending or self._write_shut:
+        if self._no_write:
             raise BrokenPipeError(errno.EPIPE, "stream is closed for writing")
         try:
             sent = self._sock.sendmsg(chunks)
@@ -481,6 +484,7 @@ class Stream:
         if self._closed or self._closing or self._shut_pending or self._write_shut:
             return
         self._shut_pending = True
+        self._no_write = True
         if not self._queue:
             self._shut_write()
 
@@ -489,6 +493,7 @@ class Stream:
         if self._write_shut:
             return
         self._write_shut = True
+        self._no_write = True
         if self._tls:
             self._send_close_notify()
         try:
@@ -521,6 +526,7 @@ class Stream:
         if self._closed or self._closing:
             return
         self._closing = True
+        self._no_write = True
         self._update_reader()  # discard input while flushing, too
         if self._queue:
             self._timer = self._loop.timer(self.linger, self._flush_timeout)
@@ -565,7 +571,7 @@ class Stream:
             raise ValueError("stream is closed")
         if self._queue:
             raise ValueError(f"{self._buffered} bytes still queued; wait for on_drain")
-        self._closed = self._closing = True
+        self._closed = self._closing = self._no_write = True
         for guard in (self._rw, self._ww, self._timer):
             if guard is not None:
                 guard.cancel()
@@ -585,6 +591,7 @@ class Stream:
             return
         self._closed = True
         self._closing = True
+        self._no_write = True
         if self._rw is not None:
             self._rw.cancel()
             self._rw = None

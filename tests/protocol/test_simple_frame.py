@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evws.protocol import frames
+from evws.protocol.events import MessageReceived
 from evws.protocol.mask import apply_mask
 from tests import wire
 
@@ -130,3 +131,69 @@ def test_agrees_with_the_general_parser_on_any_bytes(first, second, rest, pos, l
     assert fin and rsv == 0 and opcode in (wire.TEXT, wire.BINARY) and key is not None
     assert limit is None or length <= limit
     assert got == (opcode, apply_mask(data[start:start + length], key), start + length)
+
+
+# --- simple_message: the same frame, as the protocol's event --------------------------
+
+
+MESSAGE_IMPLEMENTATIONS = [pytest.param(frames._py_simple_message, id="python")]
+try:
+    from evws._speedups import simple_message as _c_simple_message
+except ImportError:
+    pass
+else:
+    MESSAGE_IMPLEMENTATIONS.append(pytest.param(_c_simple_message, id="c"))
+
+
+@pytest.fixture(params=MESSAGE_IMPLEMENTATIONS)
+def simple_message(request):
+    return request.param
+
+
+def test_the_module_uses_c_simple_message_when_built_and_allowed():
+    c_in_use = frames.simple_message is not frames._py_simple_message
+    expected = len(MESSAGE_IMPLEMENTATIONS) == 2 and not os.environ.get("EVWS_NO_SPEEDUPS")
+    assert c_in_use is expected
+
+
+@pytest.mark.parametrize("opcode", [wire.TEXT, wire.BINARY])
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535])
+def test_message_is_the_event_of_the_frame(simple_message, opcode, size):
+    payload = b"a" * size if opcode == wire.TEXT else os.urandom(size)
+    data = b"xx" + wire.frame(opcode, payload) + b"rest"
+    event, stop = simple_message(data, 2, None, MessageReceived)
+    assert type(event) is MessageReceived and event == MessageReceived(opcode, payload)
+    assert event.opcode == opcode and event.payload == payload
+    assert stop == len(data) - 4
+
+
+def test_message_refuses_bad_utf8_and_what_simple_frame_refuses(simple_message):
+    assert simple_message(wire.frame(wire.TEXT, "é".encode()[:1]), 0, None, MessageReceived) is None
+    assert simple_message(wire.frame(wire.TEXT, b"\xed\xa0\x80"), 0, None, MessageReceived) is None
+    assert simple_message(wire.frame(wire.BINARY, b"\xff"), 0, None, MessageReceived) is not None
+    assert simple_message(wire.frame(wire.PING, b"p"), 0, None, MessageReceived) is None
+    assert simple_message(wire.frame(wire.BINARY, b"x" * 5), 0, 4, MessageReceived) is None
+    with pytest.raises(TypeError):
+        simple_message(wire.frame(wire.BINARY, b"x"), 0, None, list)
+    with pytest.raises(ValueError):
+        simple_message(wire.frame(wire.BINARY, b"x"), 0, -1, MessageReceived)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.one_of(st.sampled_from([0x81, 0x82]), st.integers(0, 255)),
+       second=st.one_of(st.integers(0x80, 0x8A), st.just(0xFE), st.integers(0, 255)),
+       rest=st.binary(max_size=300), pos=st.integers(0, 3),
+       limit=st.one_of(st.none(), st.integers(0, 300)))
+def test_message_agrees_with_simple_frame_and_the_utf8_check(first, second, rest, pos, limit):
+    data = bytes(pos) + bytes((first, second)) + rest
+    results = [impl.values[0](data, pos, limit, MessageReceived) for impl in MESSAGE_IMPLEMENTATIONS]
+    assert len(set(map(repr, results))) == 1, results
+    frame = frames._py_simple_frame(data, pos, limit)
+    valid = True
+    if frame is not None and frame[0] == wire.TEXT:
+        try:
+            frame[1].decode("utf-8")
+        except UnicodeDecodeError:
+            valid = False
+    expected = None if frame is None or not valid else (MessageReceived(frame[0], frame[1]), frame[2])
+    assert results[0] == expected

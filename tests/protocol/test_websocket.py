@@ -1343,3 +1343,54 @@ class TestPermessageDeflate:
         expected = [MessageReceived(op, data) for op, data in messages]
         assert drain(s) == expected
         assert drain(c) == expected
+
+
+# ------------------------------------------------- the I/O layer's hot-path seams
+
+
+def test_encode_message_hands_back_the_frame_send_message_would_queue():
+    direct, queued = WebSocketProtocol(SERVER), WebSocketProtocol(SERVER)
+    for payload, opcode in ((b"x" * 5, 2), (b"", 1), (b"y" * 125, 2), (b"z" * 126, 1),
+                            (b"w" * 4095, 2)):
+        frame_bytes = direct.encode_message(payload, opcode)
+        queued.send_message(payload, opcode)
+        assert frame_bytes == b"".join(queued.data_to_send())
+        assert not direct.pending_output and direct.data_to_send() == []
+
+
+def test_encode_message_queues_when_it_cannot_hand_the_frame_back():
+    p = WebSocketProtocol(SERVER)
+    p.send_ping(b"p")  # output already queued: the message must go after it
+    assert p.encode_message(b"m", 2) is None
+    assert decode_output(p.data_to_send()) == [(9, b"p", True, None), (2, b"m", True, None)]
+    assert p.encode_message(b"b" * 4096, 2) is None  # a large payload is queued apart
+    assert [len(c) for c in p.data_to_send()] == [4, 4096]
+    assert p.encode_message(bytearray(b"ba"), 2) is None  # not bytes: the general path
+    assert decode_output(p.data_to_send()) == [(2, b"ba", True, None)]
+    client = WebSocketProtocol(CLIENT)  # masked: never the short path
+    assert client.encode_message(b"c", 1) is None and client.pending_output
+    p.send_binary(b"first", fin=False)  # a fragmented message is being sent
+    p.data_to_send()
+    with pytest.raises(RuntimeError):
+        p.encode_message(b"m", 2)
+    p.send_continuation(b"last", fin=True)
+    p.data_to_send()
+    assert p.encode_message(b"m", 2) == b"\x82\x01m"  # open again
+    p.send_close(1000)
+    p.data_to_send()
+    with pytest.raises(ConnectionClosed):
+        p.encode_message(b"m", 2)
+
+
+def test_pending_input_is_set_while_parsing_paused_after_a_message():
+    p = WebSocketProtocol(SERVER)
+    p.receive_data(frame(2, b"one") + frame(2, b"two"))
+    assert p.pending_input is not None  # paused after "one"
+    assert p.events_received() == [MessageReceived(2, b"one")]
+    assert p.events_received() == [MessageReceived(2, b"two")]
+    assert p.pending_input is None
+    assert p.events_received() == []
+    p.receive_data(frame(9, b"hi") + frame(1, b"t"))  # a Ping pauses too; its Pong is output
+    assert p.pending_input is not None and p.pending_output
+    assert p.events_received() == [PingReceived(b"hi")]
+    assert p.events_received() == [MessageReceived(1, b"t")] and p.pending_input is None
