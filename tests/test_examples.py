@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -63,3 +65,64 @@ def test_chat_usage_errors_exit_2(args, message):
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split())  # argparse wraps lines
     assert "Traceback" not in result.stderr
+
+
+def run_chat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "chat.py"), "--port", "0", *args],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_chat_unreachable_redis_exits_1_saying_why(workers):
+    pytest.importorskip("hiredis", reason="hiredis not installed (pip install 'evws[redis]')")
+    with socket.socket() as probe:  # a free port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_chat("--redis", f"redis://127.0.0.1:{port}/0", *workers)
+    assert result.returncode == 1, result.stderr
+    assert f"chat: cannot reach Redis at 127.0.0.1:{port}: " in result.stderr
+    assert "refused" in result.stderr
+    assert "chat on http" not in result.stderr and "worker" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_chat_gives_up_on_redis_at_the_first_failed_attempt():
+    """Like the CLI: a Redis that drops the connection is reported at once, not retried.
+
+    Counted, not timed: a listener that accepts and closes at once sees one
+    connection per broker link (2); retrying for a few seconds of backoff
+    (50 ms doubling) would make many more.
+    """
+    pytest.importorskip("hiredis", reason="hiredis not installed (pip install 'evws[redis]')")
+    accepted = 0
+    done = threading.Event()
+    with socket.socket() as listener, selectors.DefaultSelector() as sel:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        sel.register(listener, selectors.EVENT_READ)
+
+        def drop_every_connection() -> None:
+            nonlocal accepted
+            while not done.is_set():
+                for _ in sel.select(0.05):
+                    try:
+                        conn, _addr = listener.accept()
+                    except BlockingIOError:
+                        continue
+                    conn.close()
+                    accepted += 1
+
+        thread = threading.Thread(target=drop_every_connection, daemon=True)
+        thread.start()
+        try:
+            port = listener.getsockname()[1]
+            result = run_chat("--redis", f"redis://127.0.0.1:{port}/0")
+        finally:
+            done.set()
+            thread.join(TIMEOUT)
+    assert result.returncode == 1, result.stderr
+    assert f"chat: cannot reach Redis at 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert 1 <= accepted <= 2, f"{accepted} connections: it retried"
