@@ -17,8 +17,12 @@ different workers, or on other machines' chat servers, are in one room::
     python3 examples/chat.py --port 8000 --workers 2 --redis redis://127.0.0.1:6379/0
 
 Without ``--redis`` each worker would have a room of its own, so more than one
-worker is refused. The first message on each WebSocket is the server's
-welcome, "you are on worker PID", which the page shows apart from the chat.
+worker is refused. Redis must answer at start-up (the chat exits 1 at the first
+failed attempt, saying why); if it goes away later, every worker keeps serving
+(one started meanwhile too), logs ``Redis connection lost`` and ``Redis
+connection back``, and the room spans the workers again once Redis is back.
+The first message on each WebSocket is the server's welcome, "you are on
+worker PID", which the page shows apart from the chat.
 SIGTERM/Ctrl-C closes every connection with 1001, SIGHUP restarts the workers
 one by one (their connections close with 1012).
 """

@@ -153,9 +153,9 @@ def test_workers_keep_serving_while_redis_is_down(loop, redis):
         # Redis, says so once and serves anyway (it used to exit 1, in a loop).
         os.kill(b.pid, signal.SIGKILL)
         run_until(loop, lambda: b.conn.finished)
-        new = int(wait_line(err, r"worker 1 \(pid (\d+)\): cannot reach Redis at "
+        new = int(wait_line(err, r"worker \d \(pid (\d+)\): cannot reach Redis at "
                                  rf"127\.0\.0\.1:{redis.port}: .*refused.*; serving anyway").group(1))
-        wait_line(err, rf"worker 1 \(pid {new}\) ready")
+        wait_line(err, rf"worker \d \(pid {new}\) ready")
         c = Client(loop, url)  # handshakes work while Redis is down
         assert c.pid in (a.pid, new)
         loop.run_once(0.05)
