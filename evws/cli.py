@@ -27,7 +27,9 @@ is ready, and the supervisor's events go to stderr.
 client of every worker (and of every other ``serve`` on that Redis and room)
 gets every message once, the sender included, in the same order. Redis must
 answer at start-up (the command exits 1 otherwise, saying why); a later
-outage is reported on stderr and the broker reconnects on its own.
+outage is reported on stderr, one line when Redis goes and one when it is
+back, and the broker reconnects on its own while the server keeps serving
+(a worker started during the outage too).
 ``--worker-header`` adds ``X-Evws-Worker: PID`` to each handshake response,
 to see which process a client landed on (``connect`` prints it).
 """
@@ -40,7 +42,6 @@ import os
 import signal
 import ssl
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -72,14 +73,20 @@ READ_SIZE = 65536
 #: the handshake response field ``--worker-header`` adds: the serving process's pid
 WORKER_HEADER = "X-Evws-Worker"
 
-#: seconds ``serve --redis`` gives Redis to answer at start-up (a worker
-#: retries for this long; the first check gives up at the first refusal)
+#: seconds ``serve --redis`` gives Redis to answer at start-up (a refusal
+#: ends the wait at once; see ``RedisBroker.wait_connected``)
 REDIS_START_TIMEOUT = 10.0
 
 
 def _err(text: str) -> None:
-    """Progress and errors: stderr, prefixed, flushed at once (tests read it live)."""
-    print(f"evws: {text}", file=sys.stderr, flush=True)
+    """Progress and errors: stderr, prefixed, flushed at once (tests read it live).
+
+    One ``write`` per line: ``print`` writes the text and the newline
+    separately, and with ``--workers`` several processes share this stderr,
+    so their lines could interleave mid-line.
+    """
+    sys.stderr.write(f"evws: {text}\n")
+    sys.stderr.flush()
 
 
 # -- the parser -----------------------------------------------------------------
@@ -291,33 +298,42 @@ def _room(args: argparse.Namespace) -> str:
     return args.room or "broadcast"
 
 
-def _open_hub(url: str, loop: Loop, *, retry: bool, timeout: float = REDIS_START_TIMEOUT) -> Hub:
-    """A :class:`Hub` on a :class:`RedisBroker` whose connections are both up.
+def _open_hub(url: str, loop: Loop, *, required: bool, prefix: str = "",
+              timeout: float = REDIS_START_TIMEOUT) -> Hub:
+    """A :class:`Hub` on a :class:`RedisBroker`, once Redis answered (or failed to).
 
-    Runs ``loop`` until Redis answered. With ``retry`` the broker's own
-    reconnects go on until ``timeout`` (a worker starting while Redis
-    restarts); without, the first failed attempt is final (the start-up
-    check: a refused connection or a refused AUTH will not fix itself).
+    Runs ``loop`` until both connections are up, giving up at the first
+    failed attempt (:meth:`RedisBroker.wait_connected`). ``required`` (the
+    start-up check, and a single process): that failure is final, the
+    caller exits saying why. Otherwise (a worker, started after the check
+    passed: a replacement, or a rolling restart, while Redis is down) the
+    worker says so in one line and serves anyway; the broker reconnects on
+    its own and the room works again once Redis is back. Dying instead would
+    only make the supervisor restart it into the same outage until it gave
+    up on the whole server.
 
     Raises:
-        BrokerError: Redis did not answer in time; the message says why.
+        BrokerError: ``required`` and Redis did not answer; the message says why.
         ImportError: hiredis is not installed.
     """
     broker = RedisBroker(url, loop=loop)
     hub = Hub(broker, loop=loop)
-    deadline = time.monotonic() + timeout
-    while not hub.healthy:
-        error = broker.last_error
-        if (error is not None and not retry) or time.monotonic() > deadline:
+    try:
+        broker.wait_connected(timeout)
+    except BrokerError as exc:
+        if required:
             hub.close()
-            where = f"{broker.address.host}:{broker.address.port}"
-            raise BrokerError(f"cannot reach Redis at {where}: {error or 'no answer'}")
-        loop.run_once(0.05)
+            raise
+        _err(f"{prefix}{exc}; serving anyway, broadcasts wait until Redis is back")
     return hub
 
 
 def _report_redis_health(hub: Hub, prefix: str = "") -> None:
-    """Say on stderr when Redis goes away and comes back (the broker reconnects itself)."""
+    """Say on stderr when Redis goes away and comes back (the broker reconnects itself).
+
+    One line per change of state: the hub emits ``unhealthy`` and ``healthy``
+    only when its broker's state changes, not for each reconnect attempt.
+    """
     hub.on("unhealthy", lambda _hub, error: _err(
         f"{prefix}Redis connection lost ({error}); broadcasts wait until it is back"))
     hub.on("healthy", lambda _hub: _err(f"{prefix}Redis connection back"))
@@ -415,7 +431,7 @@ def serve(args: argparse.Namespace, loop: Loop | None = None) -> int:
     hub = None
     if args.redis:
         try:
-            hub = _open_hub(args.redis, loop, retry=False)
+            hub = _open_hub(args.redis, loop, required=True)
         except (BrokerError, ImportError) as exc:
             _err(_redis_problem(exc))
             return 1
@@ -470,7 +486,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
     try:
         tls = _make_server(args, check_loop).ssl_context is not None
         if args.redis:
-            _open_hub(args.redis, check_loop, retry=False).close()
+            _open_hub(args.redis, check_loop, required=True).close()
     except (OSError, ValueError) as exc:
         _err(f"cannot set up TLS: {exc}")
         return 1
@@ -497,9 +513,11 @@ def _serve_workers(args: argparse.Namespace) -> int:
         server = _make_server(args, ctx.loop)
         hub = None
         if args.redis:
-            # Ready (and so "listening") only once this worker's broadcasts work.
-            hub = _open_hub(args.redis, ctx.loop, retry=True)
-            _report_redis_health(hub, f"worker {ctx.index} (pid {ctx.pid}): ")
+            # Ready (and so "listening") once this worker's broadcasts work, or
+            # Redis failed to answer: it then serves, and joins in when Redis is back.
+            prefix = f"worker {ctx.index} (pid {ctx.pid}): "
+            hub = _open_hub(args.redis, ctx.loop, required=False, prefix=prefix)
+            _report_redis_health(hub, prefix)
             ctx.on_stop(lambda code, reason: hub.close())
         ctx.listen(server, args.host or None, port,
                    _accept_callback(server, args.broadcast, hub, _room(args)))

@@ -306,8 +306,10 @@ def _run_worker(main: Callable[[WorkerContext], Any], index: int, generation: in
     try:
         try:
             main(ctx)
-        except Exception:
-            log.exception("worker %d: main() failed", index)
+        except Exception as exc:
+            # One line for the log, the traceback once, on stderr (the evws
+            # logger may be silent; log.exception too would print it twice).
+            log.error("worker %d: main() failed: %s: %s", index, type(exc).__name__, exc)
             traceback.print_exc()
             return 1
         channel.send("ready")

@@ -17,8 +17,12 @@ different workers, or on other machines' chat servers, are in one room::
     python3 examples/chat.py --port 8000 --workers 2 --redis redis://127.0.0.1:6379/0
 
 Without ``--redis`` each worker would have a room of its own, so more than one
-worker is refused. The first message on each WebSocket is the server's
-welcome, "you are on worker PID", which the page shows apart from the chat.
+worker is refused. Redis must answer at start-up (the chat exits 1 at the first
+failed attempt, saying why); if it goes away later, every worker keeps serving
+(one started meanwhile too), logs ``Redis connection lost`` and ``Redis
+connection back``, and the room spans the workers again once Redis is back.
+The first message on each WebSocket is the server's welcome, "you are on
+worker PID", which the page shows apart from the chat.
 SIGTERM/Ctrl-C closes every connection with 1001, SIGHUP restarts the workers
 one by one (their connections close with 1012).
 """
@@ -115,24 +119,33 @@ document.getElementById("form").onsubmit = (e) => {
 
 ROOM = "chat"
 
-#: seconds the chat waits for Redis at start-up
+#: seconds the chat waits for Redis at start-up (a refusal ends the wait at once)
 REDIS_TIMEOUT = 5.0
 
 
-def open_hub(url, loop, timeout=REDIS_TIMEOUT):
-    """The room's Hub: in this process only, or on Redis once both its connections are up."""
+def open_hub(url, loop, required=True, timeout=REDIS_TIMEOUT):
+    """The room's Hub: in this process only, or on Redis once it answered.
+
+    ``required`` (the start-up check, or a single process): Redis must
+    answer, and the first failed attempt (refused, AUTH refused...) raises
+    ``BrokerError`` saying why. A worker (started after that check passed,
+    e.g. replacing one that died while Redis is down) logs the failure and
+    serves anyway: its broker reconnects on its own, and the room spans the
+    workers again once Redis is back.
+    """
     if url is None:
         return evws.Hub(loop=loop)
-    hub = evws.Hub(evws.RedisBroker(url, loop=loop), loop=loop)
-    ready = evws.CondVar(loop)
-    hub.on("healthy", lambda hub: ready.send())
+    broker = evws.RedisBroker(url, loop=loop)
+    hub = evws.Hub(broker, loop=loop)
     try:
-        ready.recv(timeout=timeout)
-    except evws.WaitTimeout:
-        error = hub.broker.last_error
-        hub.close()
-        raise evws.BrokerError(f"cannot reach Redis at {url}: {error or 'no answer'}") from None
+        broker.wait_connected(timeout)
+    except evws.BrokerError as exc:
+        if required:
+            hub.close()
+            raise
+        log.warning("%s; serving anyway, the room waits until Redis is back", exc)
     hub.on("unhealthy", lambda hub, error: log.warning("Redis connection lost: %s", error))
+    hub.on("healthy", lambda hub: log.info("Redis connection back"))
     return hub
 
 
@@ -181,7 +194,7 @@ def make_app(server, hub=None):
 def serve_worker(ctx, host, port, reservation, redis):
     """One worker of ``--workers N``: the page and the room, on its own listener."""
     reservation.close()  # the supervisor's port reservation; this worker listens itself
-    hub = open_hub(redis, ctx.loop)  # raises (the worker exits 1) if Redis does not answer
+    hub = open_hub(redis, ctx.loop, required=False)  # serves even while Redis is down
     server = evws.Server(max_payload_size=1 << 20, loop=ctx.loop)
     http = evws.wsgi.WSGIServer(make_app(server, hub), loop=ctx.loop)
     http.listener = evws.tcp_server(host, port, http.handle, loop=ctx.loop, reuse_port=True)
@@ -219,26 +232,34 @@ def main() -> None:
                      "its own, and browsers on different workers would not see each other's "
                      "messages; add --redis redis://127.0.0.1:6379/0 (or use one worker)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)  # the chat's own lines: Redis lost, Redis back
+    if not args.verbose:  # ... say it once; the broker's own account is for --verbose
+        logging.getLogger("evws.redis").setLevel(logging.ERROR)
     where = ""
     if args.redis:
         address = parse_redis_url(args.redis)
         where = f", the room on Redis at {address.host}:{address.port}"
-        # Say it once here rather than in a crash loop of workers.
-        check_loop = evws.Loop()
+
+    def redis_check(loop):
+        """Open the room's hub on ``loop``; exit 1 saying why if Redis does not answer."""
         try:
-            open_hub(args.redis, check_loop).close()
+            return open_hub(args.redis, loop)
         except (evws.BrokerError, ImportError) as exc:
             print(f"chat: {exc}", file=sys.stderr)
             sys.exit(1)
-        finally:
-            check_loop.close()
 
     def announce(port, detail=""):
         print(f"chat on http://{args.host}:{port}/ (WebSocket ws://{args.host}:{port}/ws){detail}",
               file=sys.stderr, flush=True)
 
     if args.workers:
+        if args.redis:  # said once here rather than in a crash loop of workers
+            check_loop = evws.Loop()
+            try:
+                redis_check(check_loop).close()
+            finally:
+                check_loop.close()
         logging.getLogger("evws.workers").setLevel(logging.INFO)
         reservation = evws.workers.reserve_port(args.host, args.port)
         port = reservation.getsockname()[1]
@@ -249,7 +270,7 @@ def main() -> None:
         reservation.close()
         sys.exit(status)
 
-    hub = open_hub(args.redis, evws.get_loop())
+    hub = redis_check(evws.get_loop())
     server = evws.Server(max_payload_size=1 << 20)
     http = evws.wsgi.serve(make_app(server, hub), args.host, args.port)
     announce(http.port, where)

@@ -11,6 +11,7 @@ at most once, and a process subscribes when its first client joins.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import evws
 from evws.cli import WORKER_HEADER
 from tests.conftest import run_until
-from tests.processes import Baseline
+from tests.processes import Baseline, alive, wait_gone
 from tests.redis_server import free_port, serve
 from tests.test_cli import ENV, TIMEOUT, cli_server, evws_cmd, run_connect
 
@@ -111,6 +112,109 @@ def test_workers_share_one_room_through_redis(loop, redis):
     err.thread.join(TIMEOUT)
     assert not any("Traceback" in line for line in err.seen), err.seen
     baseline.check(worker_pids)
+
+
+def wait_line(err, pattern: str) -> re.Match[str]:
+    """The first stderr line matching ``pattern``, seen already or still to come (bounded).
+
+    The workers write concurrently: the line wanted may have gone by while
+    the test waited for another one.
+    """
+    for line in err.seen:
+        if match := re.search(pattern, line):
+            return match
+    return err.wait_for(pattern)
+
+
+def redis_client_pids(redis) -> list[int]:
+    """The pid in each evws connection's name (``evws-sub-<pid>-...``), sorted."""
+    return sorted(int(client["name"].split("-")[2]) for client in redis.clients()
+                  if client.get("name", "").startswith(("evws-sub-", "evws-pub-")))
+
+
+def test_workers_keep_serving_while_redis_is_down(loop, redis):
+    """Redis killed after start-up: no worker dies (not even one started during the
+    outage), clients stay connected, each state change is one line; after Redis
+    restarts on the same port, broadcasts span the workers again."""
+    baseline = Baseline()
+    with cli_server("--workers", "2", "--broadcast", "--redis", redis.url,
+                    "--worker-header") as (url, proc, err):
+        a, b = clients_on_two_workers(loop, url)
+        first = {a.pid, b.pid}
+        run_until(loop, lambda: redis.numsub(CHANNEL) == 2)
+        exchange(loop, a, b, "before")
+
+        redis.kill()
+        for pid in first:
+            wait_line(err, rf"\(pid {pid}\): Redis connection lost \(")
+        assert all(alive(pid) for pid in first)
+        a.conn.send("while down")  # queued by a's worker until Redis is back
+        # A worker that dies meanwhile is replaced; the replacement cannot reach
+        # Redis, says so once and serves anyway (it used to exit 1, in a loop).
+        os.kill(b.pid, signal.SIGKILL)
+        run_until(loop, lambda: b.conn.finished)
+        new = int(wait_line(err, r"worker \d \(pid (\d+)\): cannot reach Redis at "
+                                 rf"127\.0\.0\.1:{redis.port}: .*refused.*; serving anyway").group(1))
+        wait_line(err, rf"worker \d \(pid {new}\) ready")
+        c = Client(loop, url)  # handshakes work while Redis is down
+        assert c.pid in (a.pid, new)
+        loop.run_once(0.05)
+        assert not a.conn.finished and not c.conn.finished
+        assert proc.poll() is None
+
+        redis.start()  # the same port
+        for pid in (a.pid, new):
+            wait_line(err, rf"\(pid {pid}\): Redis connection back")
+        # What a sent during the outage went out once its worker resubscribed.
+        run_until(loop, lambda: "while down" in a.got)
+        x, y = clients_on_two_workers(loop, url)
+        assert {x.pid, y.pid} == {a.pid, new}
+        run_until(loop, lambda: redis.numsub(CHANNEL) == 2)
+        exchange(loop, x, y, "after")
+        for client in (a, c, x, y):
+            client.close()
+        run_until(loop, lambda: redis.numsub(CHANNEL) == 0)
+    text = err.rest()
+    assert "Traceback" not in text, text
+    # One line per change of state and process.
+    assert text.count(f"(pid {a.pid}): Redis connection lost") == 1, text
+    assert text.count(f"(pid {a.pid}): Redis connection back") == 1, text
+    assert text.count(f"(pid {new}): cannot reach Redis") == 1, text
+    assert text.count(f"(pid {new}): Redis connection back") == 1, text
+    assert f"(pid {new}): Redis connection lost" not in text, text
+    assert "giving up" not in text and "exit status 1" not in text, text
+    baseline.check(first | {new}, replaced=redis.pids())
+
+
+def test_rolling_restart_with_redis_moves_the_room_to_the_new_workers(loop, redis):
+    """SIGHUP: old clients get 1012, new ones (on new workers) share the room, and the
+    old workers' subscriptions and connections are gone from Redis."""
+    baseline = Baseline()
+    with cli_server("--workers", "2", "--broadcast", "--redis", redis.url,
+                    "--worker-header") as (url, proc, err):
+        a, b = clients_on_two_workers(loop, url)
+        old = {a.pid, b.pid}
+        run_until(loop, lambda: redis.numsub(CHANNEL) == 2)
+        assert redis_client_pids(redis) == sorted(2 * list(old))  # sub + pub per worker
+        exchange(loop, a, b, "before")
+
+        proc.send_signal(signal.SIGHUP)
+        run_until(loop, lambda: a.conn.finished and b.conn.finished)
+        assert (a.conn.close_code, b.conn.close_code) == (1012, 1012)
+        wait_line(err, r"rolling restart done")
+        assert not wait_gone(old)
+
+        x, y = clients_on_two_workers(loop, url)
+        new = {x.pid, y.pid}
+        assert not new & old
+        run_until(loop, lambda: redis.numsub(CHANNEL) == 2)  # not 3 or 4: none leaked
+        exchange(loop, x, y, "after")
+        run_until(loop, lambda: redis_client_pids(redis) == sorted(2 * list(new)))
+        x.close()
+        y.close()
+        run_until(loop, lambda: redis.numsub(CHANNEL) == 0)
+    assert "Traceback" not in err.rest()
+    baseline.check(old | new)
 
 
 def test_two_servers_share_a_room_and_survive_a_redis_restart(loop, redis):

@@ -163,6 +163,54 @@ def test_a_wrong_password_keeps_the_hub_unhealthy_and_publishes_queued(loop,
     hub.close()
 
 
+def test_wait_connected_returns_once_both_connections_are_up(loop, redis):
+    broker = evws.RedisBroker(redis.url, loop=loop, **FAST)
+    hub = evws.Hub(broker, loop=loop)
+    broker.wait_connected(timeout=5)
+    assert hub.healthy
+    broker.wait_connected(timeout=0)  # already up: returns at once
+    hub.close()
+    with pytest.raises(evws.BrokerError, match="closed"):
+        broker.wait_connected()
+
+
+def test_wait_connected_raises_the_first_failure_and_the_broker_keeps_trying(
+        loop, redis_with_password):
+    url = redis_with_password.url.replace("p%40ss", "wrong")
+    broker = evws.RedisBroker(url, loop=loop, **FAST)
+    hub = evws.Hub(broker, loop=loop)
+    with pytest.raises(evws.BrokerError,
+                       match=rf"cannot reach Redis at 127\.0\.0\.1:{redis_with_password.port}: "
+                             r".*AUTH"):
+        broker.wait_connected(timeout=5)
+    assert not hub.healthy
+    attempts = broker._cmd.last_error
+    run_until(loop, lambda: broker._cmd.last_error is not attempts)  # reconnecting
+    # A second wait reports a new failure, not the one already seen.
+    with pytest.raises(evws.BrokerError, match="AUTH"):
+        broker.wait_connected(timeout=5)
+    hub.close()
+
+
+def test_wait_connected_refused_and_silent(loop):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = evws.RedisBroker(f"redis://127.0.0.1:{port}/0", loop=loop, **FAST)
+    with pytest.raises(evws.BrokerError, match=rf"127\.0\.0\.1:{port}: .*refused"):
+        broker.wait_connected(timeout=5)
+    broker.close()
+    # Listening but never answering: the timeout, saying so.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        broker = evws.RedisBroker(f"redis://127.0.0.1:{port}/0", loop=loop, **FAST)
+        with pytest.raises(evws.BrokerError, match=r"no answer within 0\.2 s"):
+            broker.wait_connected(timeout=0.2)
+        broker.close()
+
+
 def test_publish_beyond_the_bound_fails_loudly(loop):
     # Nothing listens on this port: Redis is "down" from the start.
     with socket.socket() as s:

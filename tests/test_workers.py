@@ -255,6 +255,9 @@ def test_workers_that_keep_dying_at_start_up_make_the_supervisor_exit_non_zero()
     assert status == 1
     assert "giving up: worker" in text and "died 4 times in a row at start-up" in text
     assert "RuntimeError: broken at start-up" in text
+    # each failure: one log line and one traceback (not the log's and print_exc's)
+    failures = text.count("main() failed: RuntimeError: broken at start-up")
+    assert failures >= 4 and text.count("Traceback (most recent call last)") == failures, text
     # backoff 0.05, 0.1, 0.2 s between the four attempts of a slot: well under 10 s
     assert time.monotonic() - started < TIMEOUT
     # the restarts happened with a growing delay

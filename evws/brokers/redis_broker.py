@@ -53,7 +53,8 @@ import struct
 from collections import deque
 from typing import Any, Optional
 
-from ..errors import BrokerError, BrokerUnavailable
+from ..errors import BrokerError, BrokerUnavailable, WaitTimeout
+from ..reactor.condvar import CondVar
 from ..reactor.loop import Loop, get_loop
 from .base import Broker, Delivery
 from .redis_link import RedisLink, default_name, parse_redis_url
@@ -203,6 +204,56 @@ class RedisBroker(Broker):
         """
         errors = [e for e in (self._cmd.last_error, self._sub.last_error) if e is not None]
         return errors[0] if errors else None
+
+    def wait_connected(self, timeout: float = 5.0) -> None:
+        """Run the loop until both connections to Redis are up: the start-up check.
+
+        Gives up at the first attempt that fails (a refused connection, a
+        refused AUTH, a dropped handshake) or after ``timeout`` seconds: at
+        start-up these are mostly configuration errors, which waiting would
+        not fix, and the caller should say so at once. The broker itself
+        keeps reconnecting in the background either way, so a program that
+        goes on without Redis (a worker started during an outage) is back in
+        its rooms once Redis is; the hub's ``healthy`` event says when.
+
+        A blocking wait, like ``CondVar.recv``: call it before the loop runs,
+        never from a loop callback.
+
+        Raises:
+            BrokerError: ``cannot reach Redis at HOST:PORT: <why>``, or the
+                broker is closed.
+        """
+        if self._closed:
+            raise BrokerError("the Redis broker is closed")
+        if self._healthy:
+            return
+        links = (self._cmd, self._sub)
+        before = [link.last_error for link in links]
+        done = CondVar(self.loop)
+
+        def failed() -> bool:
+            return any(link.last_error is not seen for link, seen in zip(links, before))
+
+        def check() -> None:
+            if not done.ready and (self._healthy or self._closed or failed()):
+                done.send()
+
+        # Polled: a link reports a failed attempt only through last_error.
+        poll = self.loop.timer(0.01, check, interval=0.01)
+        try:
+            done.recv(timeout=timeout)
+        except WaitTimeout:
+            pass
+        finally:
+            poll.cancel()
+        if self._closed:
+            raise BrokerError("the Redis broker was closed while waiting for Redis")
+        if not self._healthy:
+            errors = [link.last_error for link, seen in zip(links, before)
+                      if link.last_error is not seen]
+            why = errors[0] if errors else f"no answer within {timeout:g} s"
+            raise BrokerError(f"cannot reach Redis at {self.address.host}:{self.address.port}: "
+                              f"{why}")
 
     @property
     def pending(self) -> int:
