@@ -97,4 +97,5 @@ class Baseline:
         assert not left, f"processes still running: {sorted(left)}"
         new = child_pids() - self.children - set(replaced)
         assert not new, f"child processes left behind: {sorted(new)}"
-        assert fd_count() == self.fds, f"file descriptors: {self.fds} before, {fd_count()} after"
+        # More is a leak; fewer is an earlier test's socket collected meanwhile.
+        assert fd_count() <= self.fds, f"file descriptors: {self.fds} before, {fd_count()} after"
