@@ -17,6 +17,14 @@ as stdin cannot be watched by epoll; it is then read a chunk per loop turn
 (reading a file never blocks for long). EOF on stdin closes the connection
 with 1000 and the command exits once the closing handshake is over.
 
+``connect --reconnect`` runs the same session over :func:`evws.reconnecting`
+(the default :class:`~evws.ReconnectPolicy`): each connect, disconnect and
+scheduled retry is a line on stderr, and lines read from stdin while
+disconnected wait for the next connection. ``--proxy URL`` / ``--no-proxy``
+override the proxy variables, ``--max-redirects N`` bounds redirects. Ctrl-C
+while connecting cancels the connect (``cv.cancel()``) instead of raising
+``KeyboardInterrupt`` out of a blocking wait.
+
 ``serve --workers N`` runs the same server in N processes under
 :mod:`evws.workers` (each with its own ``SO_REUSEPORT`` listener on one port
 the supervisor reserved); the "listening" line is printed once every worker
@@ -51,12 +59,23 @@ from .brokers.redis_link import parse_redis_url
 from .client import connect as ws_connect
 from .client import parse_url
 from .connection import Connection
-from .errors import BrokerError, BrokerUnavailable, ConnectionClosed, HandshakeError, WebSocketError
+from .errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConnectCancelled,
+    ConnectionClosed,
+    HandshakeError,
+    ProxyError,
+    WebSocketError,
+)
 from .hub import Hub
 from .message import Message
+from .options import DEFAULTS
 from .protocol.http import TOKEN
+from .proxy import parse_proxy_url
 from .reactor.condvar import CondVar
 from .reactor.loop import Handle, IoWatcher, Loop, get_loop
+from .reconnect import reconnecting
 from .server import Server
 from .workers import WorkerContext, reserve_port
 from .workers import run as run_workers
@@ -69,6 +88,9 @@ PROG = "python -m evws"
 
 #: how much of stdin one read takes
 READ_SIZE = 65536
+
+#: lines ``connect --reconnect`` keeps while disconnected (sent once connected again)
+WAITING_LINES = 1000
 
 #: the handshake response field ``--worker-header`` adds: the serving process's pid
 WORKER_HEADER = "X-Evws-Worker"
@@ -112,6 +134,24 @@ def _redis_url(text: str) -> str:
     except BrokerError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _proxy_url(text: str) -> str:
+    try:
+        parse_proxy_url(text)
+    except ProxyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _redirect_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"wants a whole number >= 0, not {text!r}")
+    return value
 
 
 def _subprotocol_name(text: str) -> str:
@@ -215,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
                            "the path (ws://localhost/)")
     conn.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                       help="time allowed to open the connection (default 10)")
+    proxy = conn.add_mutually_exclusive_group()
+    proxy.add_argument("--proxy", metavar="URL", type=_proxy_url, default=True,
+                       help="tunnel through this HTTP proxy (http://[user:pass@]host:port) with "
+                            "CONNECT, whatever the environment says (default: the proxy "
+                            "variables decide)")
+    proxy.add_argument("--no-proxy", dest="proxy", action="store_const", const=None,
+                       help="connect directly, ignoring the proxy variables")
+    conn.add_argument("--max-redirects", type=_redirect_count, default=DEFAULTS.max_redirects,
+                      metavar="N",
+                      help="most handshake redirects (301, 302, 303, 307, 308) followed "
+                           f"(default {DEFAULTS.max_redirects}; 0: a redirect is a refusal)")
+    conn.add_argument("--reconnect", action="store_true",
+                      help="keep the connection: when it ends or a connect fails, connect again "
+                           "after a growing delay (1 s doubling to 60 s, with jitter), saying so "
+                           "on stderr; lines read while disconnected wait (at most 1000) and go "
+                           "out once connected again. EOF (once what was read is sent) or Ctrl-C "
+                           "ends it (exit 0); a refusal that retrying cannot fix (a 4xx) exits 1")
     # Usage errors found after parsing are reported by the command's own parser
     # (its usage line, not the top level's).
     serve.set_defaults(command_parser=serve)
@@ -263,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "TCP port with SO_REUSEPORT)")
         return serve(args)
     headers = _parse_headers(command_parser, args.header)
+    if args.unix and isinstance(args.proxy, str):
+        command_parser.error("--unix and --proxy cannot be combined (a Unix socket is local)")
     return connect(args, headers)
 
 
@@ -645,19 +704,25 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
     except ValueError as exc:
         _err(str(exc))
         return 2
-    try:
-        conn = ws_connect(
-            args.url, subprotocols=args.subprotocol or None, headers=headers or None,
-            origin=args.origin, ssl_context=_client_context(args),
-            max_payload_size=args.max_payload_size or None,
-            compression=None if args.no_compression else "deflate",
-            timeout=args.timeout, unix_socket=args.unix, loop=loop).recv()
-    except HandshakeError as exc:
-        _err(f"cannot connect to {args.url}: {exc}{_refusal_body(exc.body)}")
-        return 1
-    except (OSError, WebSocketError, ValueError) as exc:
-        _err(f"cannot connect to {args.url}: {exc.__class__.__name__}: {exc}")
-        return 1
+    options: dict[str, Any] = dict(
+        subprotocols=args.subprotocol or None, headers=headers or None, origin=args.origin,
+        ssl_context=_client_context(args), max_payload_size=args.max_payload_size or None,
+        compression=None if args.no_compression else "deflate", timeout=args.timeout,
+        unix_socket=args.unix, proxy=args.proxy, max_redirects=args.max_redirects, loop=loop)
+    if args.reconnect:
+        return _connect_reconnecting(args, options, loop)
+    return _connect_once(args, options, loop)
+
+
+def _cannot_connect(url: str, exc: BaseException) -> None:
+    if isinstance(exc, HandshakeError):
+        _err(f"cannot connect to {url}: {exc}{_refusal_body(exc.body)}")
+    else:
+        _err(f"cannot connect to {url}: {exc.__class__.__name__}: {exc}")
+
+
+def _connected(url: str, conn: Connection) -> None:
+    """The "connected" line: subprotocol, extensions and ``serve --worker-header``'s pid."""
     details = []
     if conn.subprotocol:
         details.append(f"subprotocol {conn.subprotocol}")
@@ -668,35 +733,70 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
     worker = response.headers.get(WORKER_HEADER) if response else None
     if worker:  # serve --worker-header
         details.append(f"worker pid {worker}")
-    _err(f"connected to {args.url}" + (f" ({', '.join(details)})" if details else ""))
+    _err(f"connected to {url}" + (f" ({', '.join(details)})" if details else ""))
 
-    state = {"broken_pipe": False}
 
-    def on_message(conn: Connection, message: Message) -> None:
+def _closed(conn: Connection) -> None:
+    reason = f" {conn.close_reason!r}" if conn.close_reason else ""
+    error = f": {conn.close_error}" if conn.close_error else ""
+    _err(f"connection closed: {conn.close_code}{reason}{error}")
+
+
+class _Output:
+    """Messages to stdout; a reader that went away (EPIPE) ends the command."""
+
+    def __init__(self) -> None:
+        self.broken_pipe = False
+
+    def show(self, conn: Connection, message: Message, stop: Callable[[], None]) -> None:
         try:
             _show(message, sys.stdout)
         except BrokenPipeError:  # whoever read our stdout left: so do we
-            state["broken_pipe"] = True
-            if conn.is_write_open:
-                conn.close(1000)
+            self.broken_pipe = True
+            stop()
 
-    def on_line(line: bytes) -> None:
-        if not conn.is_write_open:
-            return
-        conn.send(line if args.binary else line.decode("utf-8", "replace"))
+    def silence(self) -> None:
+        """Keep the interpreter's own complaint about the closed stdout quiet."""
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
-    def on_eof() -> None:
+
+def _connect_once(args: argparse.Namespace, options: dict[str, Any], loop: Loop) -> int:
+    """One connection: ends with it (exit 0 after a clean closing handshake)."""
+    connecting: list[CondVar] = []
+
+    def interrupted_connecting(signum: int) -> None:
+        if connecting and connecting[0].cancel():  # Ctrl-C while connecting: give up
+            _err("interrupted while connecting")
+
+    # Watched before the first SYN goes out: no KeyboardInterrupt out of a blocking wait.
+    sigint = loop.signal(signal.SIGINT, interrupted_connecting)
+    try:
+        connecting.append(ws_connect(args.url, **options))
+        conn = connecting[0].recv()
+    except ConnectCancelled:
+        return 1
+    except (OSError, WebSocketError, ValueError) as exc:
+        _cannot_connect(args.url, exc)
+        return 1
+    finally:
+        sigint.cancel()
+    _connected(args.url, conn)
+    output = _Output()
+
+    def close() -> None:
         if conn.is_write_open:
             conn.close(1000)
 
-    reader = LineReader(loop, sys.stdin.fileno(), on_line, on_eof) if sys.stdin else None
+    def on_line(line: bytes) -> None:
+        if conn.is_write_open:
+            conn.send(line if args.binary else line.decode("utf-8", "replace"))
+
+    reader = LineReader(loop, sys.stdin.fileno(), on_line, close) if sys.stdin else None
 
     def on_finish(conn: Connection) -> None:
         if reader is not None:
             reader.stop()
-        reason = f" {conn.close_reason!r}" if conn.close_reason else ""
-        error = f": {conn.close_error}" if conn.close_error else ""
-        _err(f"connection closed: {conn.close_code}{reason}{error}")
+        _closed(conn)
         loop.stop()
 
     def interrupted(signum: int) -> None:
@@ -707,10 +807,10 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
         else:
             conn.stream.abort()
 
-    conn.on("each_message", on_message)
+    conn.on("each_message", lambda conn, message: output.show(conn, message, close))
     conn.on("finish", on_finish)
     if reader is None:
-        on_eof()
+        close()
     else:
         reader.start()
     sigint = loop.signal(signal.SIGINT, interrupted)
@@ -720,13 +820,108 @@ def connect(args: argparse.Namespace, headers: list[tuple[str, str]],
         sigint.cancel()
         if reader is not None:
             reader.stop()
-    if state["broken_pipe"]:
-        # Silence the interpreter's own complaint about the closed stdout.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if output.broken_pipe:
+        output.silence()
         return 1
     # Clean: a closing handshake took place (1006 means the TCP connection
     # ended without one) and nothing failed.
     return 0 if conn.close_error is None and conn.close_code != 1006 else 1
+
+
+def _connect_reconnecting(args: argparse.Namespace, options: dict[str, Any], loop: Loop) -> int:
+    """``--reconnect``: :func:`evws.reconnecting` with the default policy, until EOF or Ctrl-C.
+
+    Exit 0 when EOF or Ctrl-C ended it, 1 when it gave up (a refusal that
+    retrying cannot fix).
+    """
+    # Watched before the first SYN goes out (the handler runs in a loop turn, so
+    # after ``client`` below exists): Ctrl-C never raises out of the loop.
+    sigint = loop.signal(signal.SIGINT, lambda signum: interrupted(signum))
+    try:
+        client = reconnecting(args.url, **options)
+    except (OSError, WebSocketError, ValueError) as exc:
+        sigint.cancel()
+        _cannot_connect(args.url, exc)
+        return 1
+    output = _Output()
+    state = {"lost": False, "eof": False}  # lost: the last event was a disconnect
+    waiting: list[bytes] = []  # lines read while not connected, sent on the next connect
+
+    def close() -> None:
+        client.close(1000)
+
+    def send(conn: Connection, line: bytes) -> None:
+        conn.send(line if args.binary else line.decode("utf-8", "replace"))
+
+    def on_line(line: bytes) -> None:
+        conn = client.connection
+        if conn is not None and conn.is_write_open:
+            send(conn, line)
+        elif len(waiting) < WAITING_LINES:
+            waiting.append(line)
+        else:
+            _err(f"not connected and {WAITING_LINES} lines wait already: line dropped")
+
+    def on_eof() -> None:
+        # What was read still goes out: end now only if nothing waits for a connection.
+        state["eof"] = True
+        if not waiting or client.connection is not None:
+            close()
+
+    reader = LineReader(loop, sys.stdin.fileno(), on_line, on_eof) if sys.stdin else None
+
+    def on_connect(conn: Connection) -> None:
+        _connected(args.url, conn)
+        while waiting and conn.is_write_open:
+            send(conn, waiting.pop(0))
+        if state["eof"]:
+            close()
+
+    def on_disconnect(conn: Connection) -> None:
+        state["lost"] = True
+        _closed(conn)
+
+    def on_reconnect(attempt: int, delay: float, cause: BaseException) -> None:
+        why = "" if state["lost"] else f": {cause.__class__.__name__}: {cause}"
+        state["lost"] = False
+        _err(f"reconnecting in {delay:.1f} s (attempt {attempt}){why}")
+
+    def on_finish(error: BaseException | None) -> None:
+        if reader is not None:
+            reader.stop()
+        if error is not None:
+            _cannot_connect(args.url, error)
+            _err("giving up")
+        loop.stop()
+
+    def interrupted(signum: int) -> None:
+        conn = client.connection
+        if not client.finished and conn is not None and not conn.is_write_open:
+            conn.stream.abort()  # a second Ctrl-C while closing: at once
+            return
+        _err("interrupted: closing")
+        close()
+
+    client.on("connect", on_connect)
+    client.on("disconnect", on_disconnect)
+    client.on("message", lambda conn, message: output.show(conn, message, close))
+    client.on("reconnect", on_reconnect)
+    client.on("finish", on_finish)
+    if reader is None:
+        on_eof()
+    else:
+        reader.start()
+    try:
+        if not client.finished:
+            loop.run()
+    finally:
+        sigint.cancel()
+        if reader is not None:
+            reader.stop()
+    if output.broken_pipe:
+        output.silence()
+        return 1
+    return 0 if client.error is None else 1
 
 
 def console_main() -> None:

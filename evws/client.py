@@ -36,6 +36,13 @@ an ``OSError``, trouble in the server's answer a ``HandshakeError``:
   answer is complete: ``HandshakeError`` (``.status`` 101 or, for an answer
   cut short or malformed, 400 as :class:`ResponseHeadParser` reports it).
 
+A connect in flight is given up with ``cv.cancel()`` (:meth:`CondVar.cancel
+<evws.reactor.condvar.CondVar.cancel>`): whatever the step -- TCP connecting,
+the proxy's ``CONNECT``, TLS, the HTTP upgrade, a redirect hop -- its socket
+is closed at once, its timers and watchers go, and the CondVar croaks
+:class:`~evws.ConnectCancelled` (``cancel()`` returns False, doing nothing,
+once the CondVar is ready: close the ``Connection`` then).
+
 Redirects (301, 302, 303, 307, 308 with a ``Location``) are followed, at
 most ``max_redirects`` times (default 10; 0: a 3xx is a ``HandshakeError``
 with ``.headers`` holding ``Location``), one ``timeout`` for the whole chain;
@@ -54,7 +61,7 @@ from typing import Any, Callable, Iterable, Optional
 from urllib.parse import unquote, urlsplit
 
 from .connection import Connection
-from .errors import HandshakeError, RecursiveWaitError, WaitTimeout
+from .errors import ConnectCancelled, HandshakeError, RecursiveWaitError, WaitTimeout
 from .options import DEFAULTS as _OPTION_DEFAULTS
 from .options import Compression, Options, deflate_config_of
 from .protocol.client import ClientProtocol
@@ -150,7 +157,9 @@ class Client:
     def connect(self, url: str, **overrides: Any) -> CondVar:
         """Open a WebSocket to ``url``; a CondVar yields the client ``Connection``.
 
-        See the module docstring for what it croaks with.
+        See the module docstring for what it croaks with; ``cancel()`` on
+        the CondVar gives the connect up (it croaks
+        :class:`~evws.ConnectCancelled`).
 
         Raises:
             ValueError: ``url`` is not a usable ws:// or wss:// URL, or an
@@ -280,7 +289,9 @@ def connect(
         more: the other :class:`Client` options.
 
     The ``Connection`` also has ``.response``, the server's 101 head
-    (``status``, ``headers``), for cookies and custom fields.
+    (``status``, ``headers``), for cookies and custom fields. ``cancel()``
+    on the CondVar gives the connect up at whatever step it is (it croaks
+    :class:`~evws.ConnectCancelled`; see :mod:`evws.client`).
     """
     return Client().connect(
         url, subprotocols=subprotocols, headers=headers, origin=origin,
@@ -300,6 +311,9 @@ class _Connect:
         self.protocol = protocol
         timeout = options.handshake_timeout
         self.deadline: Optional[float] = None if timeout is None else time.monotonic() + timeout
+        #: the step in flight (transport, TLS, handshake), what cancel() stops, and its name
+        self.step: Optional[CondVar] = None
+        self.stage = "connecting"
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
@@ -317,23 +331,43 @@ class _Connect:
             if error is not None:
                 self.cv.croak(self.timeout_error(step, error)
                               if isinstance(error, TimeoutError) else error)
+            elif self.cv.ready:  # cancelled while the socket was on its way
+                tcp.recv().close()
             elif ssl_ctx is None:
                 self.open(tcp.recv())
             else:
                 # An IP literal is checked against the certificate's IP
                 # entries; ssl sends no SNI for it.
-                start_tls(tcp.recv(), ssl_ctx, self.loop, server_side=False,
-                          server_hostname=host, timeout=self.remaining()).cb(tls_done)
+                self.begin("in the TLS handshake", start_tls(
+                    tcp.recv(), ssl_ctx, self.loop, server_side=False, server_hostname=host,
+                    timeout=self.remaining())).cb(tls_done)
 
         def tls_done(tls: CondVar) -> None:
             error = tls.error
             if error is not None:
                 self.cv.croak(self.timeout_error("in the TLS handshake", error)
                               if isinstance(error, TimeoutError) else error)
+            elif self.cv.ready:
+                tls.recv().close()
             else:
                 self.open(tls.recv())
 
-        self.transport(host, port, proxy, unix_socket).cb(connected)
+        self.cv.on_cancel(self.cancel)
+        self.begin(step, self.transport(host, port, proxy, unix_socket)).cb(connected)
+
+    def begin(self, stage: str, step: CondVar) -> CondVar:
+        """Make ``step`` the one :meth:`cancel` stops."""
+        self.stage = stage
+        self.step = step
+        return step
+
+    def cancel(self, error: Optional[BaseException]) -> None:
+        """``cv.cancel()``: cancel the step in flight, whose callback croaks ``self.cv``."""
+        step = self.step
+        error = error or ConnectCancelled(f"WebSocket connect cancelled {self.stage}")
+        if step is not None and not step.ready:
+            step.cancel(error)
+        self.cv.croak(error)  # (already croaked through the step's callback, as a rule)
 
     def transport(self, host: str, port: int, proxy: Optional[Proxy],
                   unix_socket: Optional[str]) -> CondVar:
@@ -345,8 +379,19 @@ class _Connect:
         return tcp_connect(host, port, self.loop, timeout=self.remaining())
 
     def open(self, sock: socket.socket) -> None:
-        open_client(sock, self.protocol(), self.options, self.loop, self.cv,
+        handshake = self.begin("waiting for the handshake answer", CondVar(self.loop))
+        handshake.cb(self.opened)
+        open_client(sock, self.protocol(), self.options, self.loop, handshake,
                     timeout=self.remaining(), timeout_text=self.options.handshake_timeout)
+
+    def opened(self, handshake: CondVar) -> None:
+        """The handshake's result is the connect's (the same turn: nothing overtakes it)."""
+        if handshake.error is not None:
+            self.cv.croak(handshake.error)
+        elif self.cv.ready:  # cannot happen (cancel goes through the handshake); be safe
+            handshake.recv_all()[0].stream.abort()
+        else:
+            self.cv.send(*handshake.recv_all())
 
     def timeout_error(self, step: str, cause: Optional[BaseException]) -> WaitTimeout:
         return _timeout_error(step, self.options.handshake_timeout, cause)

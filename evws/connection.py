@@ -77,7 +77,7 @@ import struct
 from typing import Any, Callable, Optional, Union
 
 from .emitter import Emitter
-from .errors import ConnectionClosed, HandshakeError
+from .errors import ConnectCancelled, ConnectionClosed, HandshakeError
 from .message import Message
 from .options import DEFAULTS, Options
 from .protocol.events import (
@@ -259,6 +259,11 @@ class Connection(Emitter):
                 ``HandshakeError`` leaves it.
             start_turns: how many loop turns after the CondVar is ready the
                 connection starts reading and delivers the first frames.
+
+        On the client side the CondVar can be cancelled (``cv.cancel()``):
+        the socket is closed at once (no lingering) and the CondVar croaks
+        :class:`~evws.ConnectCancelled`. A server's establish CondVar cannot
+        be: what to do with a socket the caller handed in is the caller's.
         """
         cv = cv or CondVar(loop)
         conn = cls(stream, protocol, loop=loop, options=options)
@@ -266,6 +271,8 @@ class Connection(Emitter):
                                            timeout_error, lost_error)
         if timeout is not None:
             opening.timer = loop.timer(timeout, conn._on_open_timeout)
+        if protocol.side == Side.CLIENT:
+            cv.on_cancel(conn._cancel_opening)
         stream.start_reading()
         conn._process()  # the client's request; a request the protocol was given
         return cv
@@ -472,8 +479,17 @@ class Connection(Emitter):
             opening.timer = None
             self._open_failed(opening.timeout_error())
 
-    def _open_failed(self, error: BaseException) -> None:
-        """The handshake failed: croak, and leave the socket as the side's contract says."""
+    def _cancel_opening(self, error: Optional[BaseException]) -> None:
+        """(client) The establish CondVar was cancelled while the handshake ran."""
+        if self._connecting():
+            self._open_failed(error or ConnectCancelled("WebSocket handshake cancelled"),
+                              abort=True)
+
+    def _open_failed(self, error: BaseException, *, abort: bool = False) -> None:
+        """The handshake failed: croak, and leave the socket as the side's contract says.
+
+        ``abort``: (client) close the socket at once, even after a refusal.
+        """
         opening = self._opening
         assert opening is not None and not opening.cv.ready
         self._opening = None
@@ -493,7 +509,7 @@ class Connection(Emitter):
                     stream.close()
                 else:
                     stream.detach()  # the caller's socket again, open and untouched
-            elif getattr(self.protocol, "refused", False):
+            elif not abort and getattr(self.protocol, "refused", False):
                 stream.close()  # a refusal was read whole: leave politely
             else:
                 stream.abort()  # RFC 6455 4.1: _Fail the WebSocket Connection_

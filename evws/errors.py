@@ -11,6 +11,8 @@
     │   └── PayloadTooBig     a message exceeds max_payload_size (1009)
     ├── ConnectionClosed      using a connection after it closed (e.g. send after close)
     ├── CroakError            what CondVar.croak("message") raises from recv()
+    ├── Cancelled             CondVar.cancel() stopped the work behind a result
+    │   └── ConnectCancelled  (client) a connect was cancelled, at whatever step it was
     ├── WaitTimeout           CondVar.recv(timeout=...) ran out of time (also a TimeoutError)
     ├── RecursiveWaitError    a blocking recv() from inside a loop callback (also a RuntimeError)
     ├── BrokerError           a Hub's broker (Redis) failed or refused something
@@ -36,6 +38,8 @@ __all__ = [
     "PayloadTooBig",
     "ConnectionClosed",
     "CroakError",
+    "Cancelled",
+    "ConnectCancelled",
     "WaitTimeout",
     "RecursiveWaitError",
     "BrokerError",
@@ -127,6 +131,26 @@ class ConnectionClosed(WebSocketError):
 
 class CroakError(WebSocketError):
     """Raised by ``CondVar.recv()`` when ``croak`` was given a plain message."""
+
+
+class Cancelled(WebSocketError):
+    """What a CondVar croaks when :meth:`~evws.CondVar.cancel` stopped the work behind it.
+
+    Only producers that can stop their work accept ``cancel()`` (the connect
+    helpers: ``tcp_connect``, ``unix_connect``, the TLS handshake, a proxy
+    tunnel, the client's opening handshake); their sockets, timers and
+    watchers are gone by the time it is croaked.
+    """
+
+
+class ConnectCancelled(Cancelled):
+    """A client connect (``connect``, ``Client.connect``) was cancelled.
+
+    Croaked by the connect's CondVar after ``cv.cancel()``, whatever step
+    the connect was at (TCP, proxy ``CONNECT``, TLS, HTTP upgrade, a
+    redirect hop): that step's socket is closed and nothing of it is left
+    on the loop.
+    """
 
 
 class WaitTimeout(WebSocketError, TimeoutError):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
 from urllib.parse import unquote, urlsplit
 
-from .errors import ProxyError
+from .errors import Cancelled, ProxyError
 from .protocol.proxy import ConnectTunnel, basic_credentials
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, Timer
@@ -280,6 +280,13 @@ class _Tunnel:
         self.timer = None
         self.fail(TimeoutError(f"no answer from the proxy {self.proxy} to CONNECT"))
 
+    def cancel(self, error: Optional[BaseException]) -> None:
+        """``cv.cancel()`` while the proxy has not answered: drop the connection to it first."""
+        self.cancel_timer()
+        self.stream.on_close = None
+        self.stream.abort()
+        self.cv.croak(error or Cancelled(f"CONNECT through the proxy {self.proxy} cancelled"))
+
     def cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
@@ -293,7 +300,9 @@ def open_tunnel(proxy: Proxy, host: str, port: int, loop: Loop, *,
     ``timeout`` bounds the whole (TCP connect to the proxy and its answer).
     Croaks with the ``OSError`` of the connect to the proxy (a proxy that is
     down is ``ConnectionRefusedError``), :class:`~evws.errors.ProxyError` when
-    the proxy refuses, hangs up or answers nonsense, or ``TimeoutError``.
+    the proxy refuses, hangs up or answers nonsense, or ``TimeoutError``;
+    ``cv.cancel()`` closes the connection to the proxy, whatever the step,
+    and croaks :class:`~evws.errors.Cancelled`.
 
     Raises:
         ValueError: ``host`` cannot be written in a request line.
@@ -307,8 +316,15 @@ def open_tunnel(proxy: Proxy, host: str, port: int, loop: Loop, *,
         if error is not None:
             cv.croak(error)
             return
+        if cv.ready:  # cancelled while the connected socket was on its way
+            tcp.recv().close()
+            return
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
-        _Tunnel(loop, cv, tcp.recv(), tunnel, proxy, remaining).start()
+        exchange = _Tunnel(loop, cv, tcp.recv(), tunnel, proxy, remaining)
+        cv.on_cancel(exchange.cancel)
+        exchange.start()
 
-    tcp_connect(proxy.host, proxy.port, loop, timeout=timeout).cb(connected)
+    tcp = tcp_connect(proxy.host, proxy.port, loop, timeout=timeout)
+    cv.on_cancel(tcp.cancel)
+    tcp.cb(connected)
     return cv

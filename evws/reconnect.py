@@ -201,11 +201,11 @@ class ReconnectingClient(Emitter):
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Stop for good: close the connection (``code``, ``reason``), or cancel
-        the wait; ``finish(None)`` follows once nothing is left open -- at once
-        when waiting, after the closing handshake when connected. A connect in
-        flight cannot be cancelled: it ends first (at most its ``timeout``), and
-        a connection it opened is closed at once, unannounced. Calling it again
-        does nothing."""
+        the wait or the connect in flight; ``finish(None)`` follows once
+        nothing is left open -- at once (before this returns) when waiting or
+        connecting (the connect is cancelled: its socket closed, whatever step
+        it was at), after the closing handshake when connected. Calling it
+        again does nothing."""
         if self._finished or self._closing is not None:
             return
         self._closing = (code, reason)
@@ -214,9 +214,10 @@ class ReconnectingClient(Emitter):
             self._timer = None
         if self.connection is not None:
             self.connection.close(code, reason)  # finish follows the connection's
-        elif self._pending is None:
+        elif self._pending is not None:
+            self._pending.cancel()  # _connected sees ConnectCancelled and finishes
+        else:
             self._finish(None)
-        # else: the connect in flight ends first (see _connected)
 
     # -- the cycle -------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Optional, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from .errors import HandshakeError, ProxyError, RedirectError, WaitTimeout
+from .errors import ConnectCancelled, HandshakeError, ProxyError, RedirectError, WaitTimeout
 from .protocol.http import Headers, HeadersLike
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop
@@ -130,7 +130,8 @@ def follow_redirects(url: str, hop: Hop, *, loop: Loop, max_redirects: int,
     (an unusable URL) croaks :class:`~evws.RedirectError` instead, and one
     that raises :class:`~evws.ProxyError` (the new URL's proxy, from the
     environment, is unusable) croaks that. The
-    CondVar yields what the last hop's yields, or croaks its error.
+    CondVar yields what the last hop's yields, or croaks its error;
+    ``cancel()`` on it cancels the hop in flight.
     """
     result = CondVar(loop)
     started = loop.time()
@@ -182,9 +183,19 @@ def follow_redirects(url: str, hop: Hop, *, loop: Loop, max_redirects: int,
             bad.__cause__ = exc
             result.croak(bad)
             return
+        state["hop"] = cv
         cv.cb(done)
 
-    hop(url, timeout=timeout, drop_credentials=False).cb(done)
+    def cancel(error: Optional[BaseException]) -> None:
+        # The hop in flight croaks (ConnectCancelled by default), and done() passes it on.
+        current: CondVar = state["hop"]
+        if current.cancellable:
+            current.cancel(error)
+        result.croak(error or ConnectCancelled("WebSocket connect cancelled"))  # if not yet
+
+    state["hop"] = first = hop(url, timeout=timeout, drop_credentials=False)
+    result.on_cancel(cancel)
+    first.cb(done)
     return result
 
 

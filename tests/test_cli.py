@@ -121,7 +121,8 @@ def free_port() -> int:
                "--max-payload-size", "--no-compression", "--verbose"]),
     ("connect", ["url", "--binary", "--header", "--subprotocol", "--origin", "--cafile",
                  "--insecure", "--unix", "--timeout", "--max-payload-size", "--no-compression",
-                 "--verbose", "EOF", "stdout", "hexadecimal", "Exit status"]),
+                 "--verbose", "EOF", "stdout", "hexadecimal", "Exit status", "--proxy",
+                 "--no-proxy", "--max-redirects", "--reconnect"]),
 ])
 def test_help_of_each_command_is_complete(command, options):
     result = subprocess.run(evws_cmd(command, "--help"), env=ENV, capture_output=True,

@@ -9,7 +9,7 @@ NAMES = ["Loop", "get_loop", "CondVar", "tcp_server", "Server", "Request", "Resp
          "Connection", "Message", "WebSocketError", "HandshakeError", "ProtocolError",
          "PayloadTooBig", "ConnectionClosed", "RecursiveWaitError", "RedirectError",
          "ReconnectPolicy", "ReconnectingClient", "reconnecting", "retryable", "ProxyError",
-         "unix_server", "unix_connect"]
+         "unix_server", "unix_connect", "Cancelled", "ConnectCancelled"]
 
 
 def test_public_names():
@@ -21,10 +21,11 @@ def test_public_names():
 def test_one_error_tree():
     for name in ["HandshakeError", "ProtocolError", "PayloadTooBig", "ConnectionClosed",
                  "RecursiveWaitError", "InvalidUTF8", "WaitTimeout", "CroakError",
-                 "RedirectError", "ProxyError"]:
+                 "RedirectError", "ProxyError", "Cancelled", "ConnectCancelled"]:
         assert issubclass(getattr(evws, name), evws.WebSocketError)
     assert issubclass(evws.RecursiveWaitError, RuntimeError)
     assert issubclass(evws.RedirectError, evws.HandshakeError)
+    assert issubclass(evws.ConnectCancelled, evws.Cancelled)
 
 
 def test_no_asyncio_in_the_package():

@@ -15,6 +15,10 @@ Deliberate choices:
 - Callbacks registered before readiness run synchronously inside ``send``;
   one registered after readiness runs on the next loop turn, so ``cb`` never
   calls back into the code that is still registering it.
+- :meth:`CondVar.cancel` exists only where it really stops something: the
+  producer registers how (:meth:`CondVar.on_cancel`), and a CondVar without
+  one refuses ``cancel()`` rather than croak while its work goes on (a
+  connection finishing its handshake into a CondVar nobody reads any more).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from ..errors import CroakError, RecursiveWaitError, WaitTimeout
+from ..errors import Cancelled, CroakError, RecursiveWaitError, WaitTimeout
 from .loop import Loop, get_loop
 
 __all__ = ["CondVar"]
@@ -38,7 +42,8 @@ class CondVar:
             default loop (:func:`~evws.reactor.get_loop`).
     """
 
-    __slots__ = ("_loop", "_ready", "_values", "_error", "_cbs", "_counter", "_end_fn")
+    __slots__ = ("_loop", "_ready", "_values", "_error", "_cbs", "_counter", "_end_fn",
+                 "_cancel_fn")
 
     def __init__(self, loop: Loop | None = None) -> None:
         self._loop = loop if loop is not None else get_loop()
@@ -48,6 +53,7 @@ class CondVar:
         self._cbs: list[Callable[[CondVar], Any]] = []
         self._counter = 0
         self._end_fn: Callable[[CondVar], Any] | None = None
+        self._cancel_fn: Callable[[BaseException | None], Any] | None = None
 
     @property
     def loop(self) -> Loop:
@@ -98,8 +104,55 @@ class CondVar:
         self._error = exc
         self._become_ready()
 
+    def on_cancel(self, fn: Callable[[BaseException | None], Any] | None) -> None:
+        """Say how to stop the work behind this CondVar (the producer's side of :meth:`cancel`).
+
+        ``fn(error)`` must release what the work holds (sockets, timers,
+        watchers) and croak this CondVar, with ``error`` when it is not
+        ``None``, else with the producer's own :class:`~evws.errors.Cancelled`.
+        A producer that goes through steps registers each step's ``fn`` in
+        turn (the last one counts); ``None`` makes it uncancellable again.
+        Dropped once the CondVar is ready.
+        """
+        if not self._ready:
+            self._cancel_fn = fn
+
+    @property
+    def cancellable(self) -> bool:
+        """True while not ready and the producer registered :meth:`on_cancel`."""
+        return self._cancel_fn is not None
+
+    def cancel(self, error: BaseException | None = None) -> bool:
+        """Stop the work behind this CondVar and croak it: "I no longer want this result".
+
+        The producer's canceller runs first, so by the time the callbacks
+        see the croak (``error``, or the producer's
+        :class:`~evws.errors.Cancelled`, e.g.
+        :class:`~evws.errors.ConnectCancelled` for a connect) its sockets,
+        timers and watchers are gone.
+
+        Returns True when it cancelled, False when the CondVar was ready
+        already (too late: nothing happens).
+
+        Raises:
+            RuntimeError: not ready, and its producer cannot stop its work
+                (it registered no :meth:`on_cancel`).
+        """
+        if self._ready:
+            return False
+        fn, self._cancel_fn = self._cancel_fn, None
+        if fn is None:
+            raise RuntimeError(f"{self!r} cannot be cancelled: its producer has no canceller")
+        try:
+            fn(error)
+        finally:
+            if not self._ready:  # a canceller that forgot to croak: do it for it
+                self.croak(error if error is not None else Cancelled("cancelled"))
+        return True
+
     def _become_ready(self) -> None:
         self._ready = True
+        self._cancel_fn = None
         cbs, self._cbs = self._cbs, []
         for fn in cbs:
             try:

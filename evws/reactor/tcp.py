@@ -23,6 +23,7 @@ import socket
 import stat
 from typing import Any, Callable, Iterator
 
+from ..errors import Cancelled
 from .condvar import CondVar
 from .loop import IoWatcher, Loop, Timer, get_loop
 
@@ -327,14 +328,23 @@ class _Connector:
 
     def timed_out(self) -> None:
         self.timer = None
+        self.stop(TimeoutError(errno.ETIMEDOUT, f"connect to {self.host}:{self.port} timed out"))
+
+    def cancel(self, error: BaseException | None) -> None:
+        """``cv.cancel()``: drop the connect in progress (no address is tried after it)."""
+        self.cancel_timer()
+        self.stop(error or Cancelled(f"connect to {self.host}:{self.port} cancelled"))
+
+    def stop(self, error: BaseException) -> None:
+        """Close the socket still connecting and croak ``error``."""
+        self.addrs = iter(())
         if self.watcher is not None:
             self.watcher.cancel()
             self.watcher = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        self.cv.croak(TimeoutError(
-            errno.ETIMEDOUT, f"connect to {self.host}:{self.port} timed out"))
+        self.cv.croak(error)
 
 
 def tcp_connect(host: str, port: int, loop: Loop | None = None, *,
@@ -348,6 +358,8 @@ def tcp_connect(host: str, port: int, loop: Loop | None = None, *,
     Croaks with the last ``OSError`` when every address failed (for example
     ``ConnectionRefusedError``), with ``socket.gaierror`` when the name does
     not resolve, or with ``TimeoutError`` when ``timeout`` seconds passed.
+    ``cv.cancel()`` closes the socket still connecting and croaks
+    :class:`~evws.errors.Cancelled`.
     """
     loop = loop if loop is not None else get_loop()
     cv = CondVar(loop)
@@ -359,6 +371,7 @@ def tcp_connect(host: str, port: int, loop: Loop | None = None, *,
     conn = _Connector(loop, cv, host, port, iter(infos))
     if timeout is not None:
         conn.timer = loop.timer(timeout, conn.timed_out)
+    cv.on_cancel(conn.cancel)
     conn.next_address()
     return cv
 
@@ -502,6 +515,14 @@ class _UnixConnector:
         self.sock.close()
         self.cv.croak(OSError(err, f"connect to {self.path}: {os.strerror(err)}"))
 
+    def cancel(self, error: BaseException | None) -> None:
+        """``cv.cancel()``: stop retrying, close the socket."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.sock.close()
+        self.cv.croak(error or Cancelled(f"connect to {self.path} cancelled"))
+
 
 def unix_connect(path: str, loop: Loop | None = None, *,
                  timeout: float | None = None) -> CondVar:
@@ -510,7 +531,8 @@ def unix_connect(path: str, loop: Loop | None = None, *,
     Croaks with the ``OSError`` (``FileNotFoundError`` when nothing is at
     ``path``, ``ConnectionRefusedError`` for a stale socket file,
     ``PermissionError``...), or ``TimeoutError`` when the server's backlog
-    stayed full for ``timeout`` seconds.
+    stayed full for ``timeout`` seconds; ``cv.cancel()`` closes the socket
+    and croaks :class:`~evws.errors.Cancelled`.
     """
     loop = loop if loop is not None else get_loop()
     cv = CondVar(loop)
@@ -519,5 +541,6 @@ def unix_connect(path: str, loop: Loop | None = None, *,
     except OSError as exc:
         cv.croak(exc)
         return cv
+    cv.on_cancel(connector.cancel)
     connector.attempt()
     return cv

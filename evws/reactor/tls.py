@@ -19,6 +19,7 @@ import errno
 import socket
 import ssl
 
+from ..errors import Cancelled
 from .condvar import CondVar
 from .loop import IoWatcher, Loop, Timer, get_loop
 
@@ -107,6 +108,10 @@ class _Handshaker:
         self.stop()
         self.cv.croak(TimeoutError(errno.ETIMEDOUT, f"TLS handshake not done within {after} s"))
 
+    def cancel(self, error: BaseException | None) -> None:
+        self.stop()
+        self.cv.croak(error or Cancelled("TLS handshake cancelled"))
+
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.cancel()
@@ -123,7 +128,8 @@ def tls_handshake(sock: ssl.SSLSocket, loop: Loop | None = None, *,
     Returns a CondVar that yields ``sock`` once the handshake is done, or
     croaks with what ``do_handshake`` raised (``ssl.SSLError``, e.g.
     ``SSLCertVerificationError``, or another ``OSError`` such as a reset), or
-    with ``TimeoutError`` after ``timeout`` seconds. The socket is never
+    with ``TimeoutError`` after ``timeout`` seconds, or, after
+    ``cv.cancel()``, with :class:`~evws.errors.Cancelled`. The socket is never
     closed here: the caller owns it either way.
     """
     loop = loop if loop is not None else get_loop()
@@ -131,6 +137,7 @@ def tls_handshake(sock: ssl.SSLSocket, loop: Loop | None = None, *,
     shaker = _Handshaker(loop, sock, cv)
     if timeout is not None:
         shaker.timer = loop.timer(timeout, lambda: shaker.timed_out(timeout))
+    cv.on_cancel(shaker.cancel)
     shaker.step()
     return cv
 
@@ -143,7 +150,8 @@ def start_tls(sock: socket.socket, ctx: ssl.SSLContext, loop: Loop, *, server_si
     wrapping raised (``OSError``, or ``ValueError`` for unusable settings) or
     the handshake raised (an ``OSError``; ``TimeoutError`` after ``timeout``).
     On failure the socket is closed (the wrapped one, or ``sock`` itself when
-    wrapping failed), so the caller has nothing to clean up.
+    wrapping failed), so the caller has nothing to clean up; that holds for
+    ``cv.cancel()`` too (it croaks :class:`~evws.errors.Cancelled`).
     """
     try:
         tls_sock = (wrap_server(sock, ctx) if server_side
@@ -156,11 +164,13 @@ def start_tls(sock: socket.socket, ctx: ssl.SSLContext, loop: Loop, *, server_si
     result = CondVar(loop)
 
     def done(shake: CondVar) -> None:
-        if shake.error is not None:
+        if shake.error is not None or result.ready:  # failed, or cancelled meanwhile
             tls_sock.close()
-            result.croak(shake.error)
+            result.croak(shake.error or Cancelled("TLS handshake cancelled"))
         else:
             result.send(tls_sock)
 
-    tls_handshake(tls_sock, loop, timeout=timeout).cb(done)
+    shake = tls_handshake(tls_sock, loop, timeout=timeout)
+    shake.cb(done)
+    result.on_cancel(shake.cancel)
     return result
