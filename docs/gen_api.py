@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import pathlib
 import sys
 import textwrap
@@ -52,8 +53,14 @@ def _signature(name: str, obj: object) -> str:
             sig = inspect.signature(obj, eval_str=eval_str)  # type: ignore[arg-type]
         except (TypeError, ValueError, NameError):
             continue
-        return f"{name}{sig}".replace("typing.", "")
+        text = f"{name}{sig}".replace("typing.", "")
+        # Defaults whose repr holds a memory address (a sentinel object, a
+        # function) would change on every run: show them without it.
+        return _ADDRESS.sub(">", text)
     return name
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
 
 
 def _init_attributes(cls: type) -> list[tuple[str, str]]:
