@@ -237,3 +237,9 @@ def test_instructions_script_runs_its_phases_against_a_tree():
     assert out.stdout.count("Python-level calls per round trip") == 2
     # Every echo went through the example's handler: one call per round trip.
     assert "1.00/rt  echo  (echo_server.py" in out.stdout
+
+
+def test_evws_fanout_peer_uses_the_broadcast_helper_of_this_tree(run):
+    # evws/__init__.py exports the function broadcast under the module's name:
+    # the probe must look at the module, or fan-out silently falls back to a loop.
+    assert run.evws_broadcast_mode() == "evws.broadcast.broadcast()"

@@ -10,6 +10,7 @@ uses at startup (run.py shows it in the fan-out table's header).
 """
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -20,15 +21,16 @@ import evws
 def _find_helper():  # type: ignore[no-untyped-def]
     """evws.broadcast.broadcast, or None with the reason (printed at startup)."""
     try:
-        import evws.broadcast
+        # The module, not the function evws/__init__.py exports under the same name.
+        module = importlib.import_module("evws.broadcast")
     except ImportError:
         return None, "no evws.broadcast"
     # An editable install can serve evws.broadcast from another checkout than the evws
     # package in use; mixing two trees measures neither, so only a module beside
     # evws/__init__.py counts.
-    if os.path.dirname(evws.broadcast.__file__) != os.path.dirname(evws.__file__):
-        return None, f"evws.broadcast comes from another tree ({evws.broadcast.__file__})"
-    return evws.broadcast.broadcast, ""
+    if os.path.dirname(module.__file__) != os.path.dirname(evws.__file__):
+        return None, f"evws.broadcast comes from another tree ({module.__file__})"
+    return module.broadcast, ""
 
 
 _helper, _why_not = _find_helper()
