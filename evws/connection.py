@@ -880,8 +880,17 @@ class Connection(Emitter):
         if not self.is_write_open:
             raise ConnectionClosed("cannot send: connection is closed",
                                    self.close_code, self.close_reason)
-        self.protocol.send_frame_bytes(chunks)
-        self._flush()
+        if not self.protocol.encode_frame_bytes(chunks):
+            self._flush()  # queued in the protocol: the general path
+            return
+        # The direct path: nothing queued before, open: straight to the stream.
+        stream = self.stream
+        try:
+            queued = stream.write(chunks[0]) if len(chunks) == 1 else stream.writev(list(chunks))
+        except BrokenPipeError:
+            return  # the stream is closing or failed: nowhere to send it
+        if queued:
+            self._check_high_water(queued)
 
 def _later(loop: Loop, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` one loop turn later."""

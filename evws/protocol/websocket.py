@@ -973,6 +973,24 @@ class WebSocketProtocol:
         """
         return not self._mask_out and self._codec is None
 
+    def encode_frame_bytes(self, chunks: tuple[bytes, ...] | list[bytes]) -> bool:
+        """Send frames like :meth:`send_frame_bytes`, leaving them to the caller when it can.
+
+        The direct path of fan-out, as :meth:`encode_message` is for one
+        message: when nothing else is queued and the connection is open,
+        unmasked and uncompressed, returns True and queues nothing (the
+        caller writes ``chunks`` right away, as it would have written
+        ``data_to_send()``). Otherwise queues them as :meth:`send_frame_bytes`
+        does and returns False.
+
+        Raises:
+            as :meth:`send_frame_bytes`.
+        """
+        if self._fast_out and not self.pending_output:
+            return True
+        self.send_frame_bytes(chunks)
+        return False
+
     def send_frame_bytes(self, chunks: tuple[bytes, ...] | list[bytes]) -> None:
         """Queue complete, already serialised frames (unmasked, uncompressed) as they are.
 

@@ -1394,3 +1394,19 @@ def test_pending_input_is_set_while_parsing_paused_after_a_message():
     assert p.pending_input is not None and p.pending_output
     assert p.events_received() == [PingReceived(b"hi")]
     assert p.events_received() == [MessageReceived(1, b"t")] and p.pending_input is None
+
+
+def test_encode_frame_bytes_leaves_the_frames_to_the_caller_only_when_nothing_waits():
+    frames = (b"\x82\x02hi", b"\x81\x01x")
+    p = WebSocketProtocol(SERVER)
+    assert p.encode_frame_bytes(frames) is True
+    assert not p.pending_output and p.data_to_send() == []  # nothing queued: the caller writes
+    p.send_ping(b"p")  # output already queued: the frames must go after it
+    assert p.encode_frame_bytes(frames) is False
+    assert decode_output(p.data_to_send()) == [(9, b"p", True, None), (2, b"hi", True, None),
+                                               (1, b"x", True, None)]
+    with pytest.raises(ValueError):
+        WebSocketProtocol(CLIENT).encode_frame_bytes(frames)  # masked: never as they are
+    p.send_close(1000)
+    with pytest.raises(ConnectionClosed):
+        p.encode_frame_bytes(frames)
