@@ -222,7 +222,8 @@ def peer_command(name: str, workload: str, ctx: Context) -> list[str] | str:
 def evws_broadcast_mode() -> str:
     """How peers/evws_broadcast.py fans out here (it decides the same way, and logs it)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    probe = subprocess.run([sys.executable, "-c", "import os, importlib, evws; b = importlib.import_module('evws.broadcast'); "
+    probe = subprocess.run([sys.executable, "-c",
+                            "import os, importlib, evws; b = importlib.import_module('evws.broadcast'); "
                             "print(os.path.dirname(b.__file__) == os.path.dirname(evws.__file__))"],
                            env=env, capture_output=True, text=True, timeout=60)
     if probe.returncode:
