@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import os
 import socket
 import ssl
 import threading
@@ -422,3 +423,35 @@ def test_wss_with_deflate_against_websockets(loop, server_ctx, client_ctx):
         conn.close()
         run_until(loop, lambda: conn.finished)
         assert conn.close_code == 1000 and conn.close_error is None
+
+
+def _raw_records(fd: int) -> list[int]:
+    """The TLS record types waiting on ``fd`` (read raw, under the TLS layer)."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    types = []
+    while len(data) >= 5:
+        types.append(data[0])
+        data = data[5 + int.from_bytes(data[3:5], "big"):]
+    assert not data, "a partial record"
+    return types
+
+
+def test_writev_on_tls_is_one_record_per_message(loop, server_ctx, client_ctx):
+    # A frame header and its payload are two chunks; written one by one over
+    # TLS they would be two records (and two syscalls) per message.
+    server, client = tls_socketpair(loop, server_ctx, client_ctx)
+    stream = Stream(server, loop)
+    stream.write(b"first")  # whatever OpenSSL sends with its first write goes now
+    _raw_records(client.fileno())
+    stream.writev([b"\x82\x7e\x10\x00", b"p" * 4096])
+    assert _raw_records(client.fileno()) == [23]  # one application_data record
+    stream.abort()
+    client.close()

@@ -93,6 +93,8 @@ _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, Interrupt
 # (not on Windows), up to this many at a time (POSIX guarantees IOV_MAX >= 16;
 # Linux allows 1024).
 _SENDMSG = hasattr(socket.socket, "sendmsg")
+# TLS: up to this many bytes of chunks are joined into one write (one record).
+_TLS_JOIN = 65536
 _IOV_MAX = 512
 
 
@@ -399,12 +401,20 @@ class Stream:
         payload is never copied into a joined buffer), and two ``send`` calls
         would cost a second syscall and a second TCP segment per message:
         about +5 us of CPU per 4 KiB echo on loopback (benchmarks/PROFILE.md,
-        phase 3). With data already queued, on TLS (``SSLSocket`` has no
-        ``sendmsg``) or without ``sendmsg``, it is :meth:`write` per chunk.
+        phase 3). On TLS (``SSLSocket`` has no ``sendmsg``) chunks up to
+        ``_TLS_JOIN`` bytes in all are joined and written once: one TLS record
+        and one syscall per message instead of one per chunk (a header and
+        its payload would otherwise be two records), for the price of copying
+        a few KiB. With data already queued, larger TLS writes or without
+        ``sendmsg``, it is :meth:`write` per chunk.
 
         Raises:
             BrokenPipeError: as :meth:`write`.
         """
+        if self._tls and len(chunks) > 1 and not self._queue:
+            total = sum(map(len, chunks))
+            if total <= _TLS_JOIN:
+                return self.write(b"".join(chunks))
         if (len(chunks) == 1 or self._queue or self._tls or not _SENDMSG
                 or len(chunks) > _IOV_MAX):
             for chunk in chunks:
