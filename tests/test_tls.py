@@ -7,8 +7,8 @@ self-signed EC certificate for localhost, 127.0.0.1 and ::1.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import os
+import shutil
 import socket
 import ssl
 import threading
