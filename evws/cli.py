@@ -128,20 +128,19 @@ def _worker_count(text: str) -> int:
     return value
 
 
-def _redis_url(text: str) -> str:
-    try:
-        parse_redis_url(text)
-    except BrokerError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _url_checked_by(parse: Callable[[str], Any], error: type[Exception]) -> Callable[[str], str]:
+    """An argparse ``type``: the URL as given, once ``parse`` accepted it (its error as usage)."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except error as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
 
 
-def _proxy_url(text: str) -> str:
-    try:
-        parse_proxy_url(text)
-    except ProxyError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_redis_url = _url_checked_by(parse_redis_url, BrokerError)
+_proxy_url = _url_checked_by(parse_proxy_url, ProxyError)
 
 
 def _redirect_count(text: str) -> int:
