@@ -570,29 +570,7 @@ class Connection(Emitter):
                     if self._handle_event(event):
                         return  # opened: the first frames wait for _start
                     continue
-                # A message: _deliver's body, inline (one call less per
-                # message; _deliver serves the rare paths).
-                message = _new_message(Message)
-                message.opcode, message.body = event
-                registry = self._handlers
-                if "next_message" in registry:
-                    handlers = registry.pop("next_message").functions
-                    every = registry.get("each_message")
-                    if every is not None:
-                        handlers += every.functions
-                else:
-                    every = registry.get("each_message")
-                    if every is None:
-                        continue
-                    handlers = every.functions
-                for handler in handlers:
-                    if self._finished:
-                        break
-                    try:
-                        handler(self, message)
-                    except Exception as exc:
-                        self._handler_failed(exc)
-                        break
+                self._deliver(event)
             if protocol.pending_input is None:
                 # Nothing parked: the batch was all the input held. What the
                 # handlers sent went out with each send (every Connection
@@ -776,10 +754,6 @@ class Connection(Emitter):
 
         ``emit`` is not used on the per-message path (see ``evws.emitter``).
         A handler that raises fails only this connection, with 1011.
-        ``_process`` runs the same steps inline for the messages of a batch
-        (a call less per message, benchmarks/PROFILE.md phase 8); this serves
-        the events handled through ``_handle_event`` (the stream's close).
-        Change both together.
         """
         message = _new_message(Message)
         message.opcode, message.body = event
