@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable, NamedTuple, Union
 
-from .connection import Connection
+from .connection import Connection, send_prepared_each
 from .errors import ConnectionClosed
 from .message import Message
 from .protocol.frames import frame_header
@@ -162,6 +162,11 @@ def broadcast(
         raise ValueError(f"policy must be one of {_POLICIES}, not {policy!r}")
     prepared = message if isinstance(message, Prepared) else prepare((message,))
     chunks = prepared.chunks
+    # One buffer (the usual batch of small messages): the members that take
+    # shared frames are written together at the end, one C loop of sends
+    # (send_prepared_each); a member's order of frames is unchanged, as
+    # nothing else is written to it in between.
+    together: list[Connection] | None = [] if len(chunks) == 1 else None
     close = policy == "close"
     sent = skipped = closed = 0
     slow: list[Connection] = []
@@ -181,6 +186,9 @@ def broadcast(
             continue
         try:
             if conn.accepts_prepared:
+                if together is not None:
+                    together.append(conn)
+                    continue
                 conn.send_prepared(chunks)
             else:
                 for opcode, payload in prepared.messages:
@@ -188,4 +196,6 @@ def broadcast(
         except ConnectionClosed:
             continue
         sent += 1
+    if together:
+        sent += len(send_prepared_each(together, chunks[0]))
     return BroadcastResult(sent, skipped, closed, tuple(slow))

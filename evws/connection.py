@@ -94,10 +94,10 @@ from .protocol.frames import Opcode
 from .protocol.websocket import OPEN, Side, WebSocketProtocol
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
-from .reactor.stream import Stream
+from .reactor.stream import Stream, write_each
 from .reactor.ticker import Ticker
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "send_prepared_each"]
 
 log = logging.getLogger("evws.connection")
 
@@ -865,6 +865,40 @@ class Connection(Emitter):
             return  # the stream is closing or failed: nowhere to send it
         if queued:
             self._check_high_water(queued)
+
+def send_prepared_each(connections: list[Connection], frames: bytes) -> list[Connection]:
+    """``conn.send_prepared((frames,))`` for each connection, the writes batched.
+
+    Why: fan-out's per-member work (``evws.broadcast``). The members whose
+    output is on the direct path (nothing queued in the protocol) go to
+    ``write_each`` together -- one C loop of ``send`` for the plain sockets
+    among them -- instead of one ``send_prepared`` call each; the others
+    take the general path of ``send_prepared``. Flow control is applied to
+    each member left with queued output, as ``send_prepared`` does.
+
+    Returns:
+        the connections that were written to (not those already closing or
+        finished, which are passed over).
+    """
+    written: list[Connection] = []
+    streams: list[Stream] = []
+    direct: list[Connection] = []
+    chunks = (frames,)
+    for conn in connections:
+        try:
+            if conn.protocol.encode_frame_bytes(chunks):
+                streams.append(conn.stream)
+                direct.append(conn)
+            else:
+                conn._flush()  # queued in the protocol: the general path
+        except ConnectionClosed:
+            continue
+        written.append(conn)
+    if streams:
+        for index, queued in write_each(streams, frames):
+            direct[index]._check_high_water(queued)
+    return written
+
 
 def _later(loop: Loop, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` one loop turn later."""

@@ -34,8 +34,8 @@ import struct
 from typing import Any, Callable, TypeVar
 
 from ..errors import InvalidUTF8, ProtocolError
+from ..speedups import c_function
 from .mask import apply_mask
-from .speedups import c_function
 from .utf8 import check_utf8
 
 _Event = TypeVar("_Event", bound=tuple[Any, ...])

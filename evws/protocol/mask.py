@@ -24,7 +24,7 @@ environment forces the pure-Python path (the tests run both).
 
 from __future__ import annotations
 
-from .speedups import c_function
+from ..speedups import c_function
 
 __all__ = ["apply_mask", "unmask_into", "ACCELERATED"]
 

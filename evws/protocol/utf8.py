@@ -26,7 +26,7 @@ import codecs
 from typing import Protocol
 
 from ..errors import InvalidUTF8
-from .speedups import c_function
+from ..speedups import c_function
 
 __all__ = ["Utf8Validator", "validate_utf8", "check_utf8", "ACCELERATED"]
 

@@ -1,0 +1,173 @@
+"""write_each: one buffer to many streams (fan-out's write), C and pure-Python send loops.
+
+Real socketpairs and loopback TCP; each test runs with ``evws._speedups.send_each``
+(when built) and with its pure-Python twin, which must behave the same.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from evws.reactor import stream as stream_module
+from evws.reactor.stream import Stream, write_each
+from tests.conftest import TIMEOUT, reset, run_until
+from tests.reactor.test_stream import Recorder, SlowReader, counting_bytes
+
+
+def _implementations():
+    yield pytest.param(stream_module._py_send_each, id="python")
+    try:
+        from evws._speedups import send_each
+    except ImportError:
+        send_each = None
+    yield pytest.param(send_each, id="c", marks=pytest.mark.skipif(
+        send_each is None, reason="evws._speedups is not built"))
+
+
+@pytest.fixture(params=list(_implementations()))
+def send_each(request, monkeypatch):
+    monkeypatch.setattr(stream_module, "_send_each", request.param)
+    return request.param
+
+
+@pytest.fixture
+def pairs():
+    made: list[tuple[socket.socket, socket.socket]] = []
+
+    def make(n: int) -> list[tuple[socket.socket, socket.socket]]:
+        new = [socket.socketpair() for _ in range(n)]
+        made.extend(new)
+        return new
+
+    yield make
+    for a, b in made:
+        a.close()
+        b.close()
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    sock.settimeout(TIMEOUT)
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk, f"EOF after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
+def nothing_more(sock: socket.socket) -> bool:
+    return not select.select([sock], [], [], 0)[0]
+
+
+def test_every_stream_gets_the_bytes_once(loop, pairs, send_each):
+    made = pairs(20)
+    streams = [Stream(a, loop) for a, _ in made]
+    assert write_each(streams, b"frame bytes") == []
+    for _, b in made:
+        assert read_exactly(b, 11) == b"frame bytes"
+        assert nothing_more(b)
+    assert all(s.buffered_amount == 0 for s in streams)
+
+
+def test_a_full_socket_queues_the_rest_and_says_so(loop, pairs, send_each):
+    """A peer that does not read: the kernel takes part, the stream queues the rest, in order."""
+    (a, b), (c, d) = pairs(2)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    full, other = Stream(a, loop), Stream(c, loop)
+    data = counting_bytes(16 * 1024)  # 64 KiB: more than the small buffer holds
+    queued = write_each([other, full], data)
+    assert len(queued) == 1 and queued[0][0] == 1
+    assert queued[0][1] == full.buffered_amount > 0
+    assert other.buffered_amount == 0
+    # Next time the full stream takes the general path (its queue is not empty).
+    queued = write_each([full, other], b"tail")
+    assert queued == [(0, full.buffered_amount)]
+    reader = SlowReader(loop, b)
+    run_until(loop, lambda: len(reader.data) == len(data) + 4)
+    assert bytes(reader.data) == data + b"tail"
+    assert read_exactly(d, len(data) + 4) == data + b"tail"
+
+
+def test_a_stream_listed_twice_gets_its_copies_in_order(loop, pairs, send_each):
+    """After a short send, a later listing of the same stream must not overtake the rest."""
+    ((a, b),) = pairs(1)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s = Stream(a, loop)
+    first, second = counting_bytes(40000), counting_bytes(40000)[::-1]
+    data = first
+    queued = write_each([s, s], data)
+    assert [index for index, _ in queued] == [0, 1]  # the second copy waits behind the first
+    write_each([s], second)
+    reader = SlowReader(loop, b)
+    run_until(loop, lambda: len(reader.data) == 3 * len(data))
+    assert bytes(reader.data) == first + first + second
+
+
+def test_streams_closed_for_writing_are_passed_over(loop, pairs, send_each):
+    (a, b), (c, d) = pairs(2)
+    closed, open_ = Stream(a, loop), Stream(c, loop)
+    closed.abort()
+    assert write_each([closed, open_], b"x") == []
+    assert read_exactly(d, 1) == b"x"
+
+
+def test_a_send_error_ends_that_stream_and_no_other(loop, send_each):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2)
+    socks = []
+    try:
+        for _ in range(2):
+            client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+            server, _ = listener.accept()
+            socks.append((server, client))
+        (dead, dead_peer), (alive, alive_peer) = socks
+        streams = [Stream(dead, loop), Stream(alive, loop)]
+        records = [Recorder(s) for s in streams]
+        reset(dead_peer)
+        assert select.select([dead], [], [], TIMEOUT)[0]  # the RST arrived
+        assert write_each(streams, b"hello") == []
+        assert streams[0].closed and not streams[1].closed
+        loop.run_once(0)
+        assert len(records[0].closes) == 1 and isinstance(records[0].closes[0], OSError)
+        assert records[1].closes == []
+        assert read_exactly(alive_peer, 5) == b"hello"
+    finally:
+        listener.close()
+        for server, client in socks:
+            server.close()
+            client.close()
+
+
+def test_an_empty_buffer_sends_nothing(loop, pairs, send_each):
+    ((a, b),) = pairs(1)
+    assert write_each([Stream(a, loop)], b"") == []
+    assert nothing_more(b)
+
+
+@pytest.mark.skipif(stream_module.c_function("send_each") is None,
+                    reason="evws._speedups is not built")
+def test_the_c_function_refuses_bad_arguments():
+    from evws._speedups import send_each
+    with pytest.raises(TypeError):
+        send_each((1, 2), b"x")  # not a list
+    with pytest.raises(TypeError):
+        send_each(["3"], b"x")
+    with pytest.raises(ValueError):
+        send_each([-1], b"x")
+    with pytest.raises(TypeError):
+        send_each([1])
+    # A closed fd is an error of that fd only: it is reported as short, nothing raised.
+    a, b = socket.socketpair()
+    gone = socket.socket()
+    fd = gone.fileno()
+    gone.close()
+    try:
+        assert send_each([a.fileno(), fd, a.fileno()], b"x") == [(1, 0)]
+        assert read_exactly(b, 2) == b"xx"
+    finally:
+        a.close()
+        b.close()
