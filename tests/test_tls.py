@@ -274,6 +274,60 @@ def test_stream_drains_pending_tls_bytes(loop, server_ctx, client_ctx):
     client.close()
 
 
+class CountingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that counts its ``recv`` calls and how many would have blocked."""
+
+    recvs = 0
+    would_block = 0
+
+    def recv(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.recvs += 1
+        try:
+            return super().recv(*args, **kwargs)
+        except ssl.SSLWantReadError:
+            self.would_block += 1
+            raise
+
+
+def test_stream_reads_a_short_record_with_one_recv(loop, server_ctx, client_ctx):
+    """A message smaller than a record: one recv per message, none that meets "would block"."""
+    server_ctx.sslsocket_class = CountingSSLSocket
+    server, client = tls_socketpair(loop, server_ctx, client_ctx)
+    assert isinstance(server, CountingSSLSocket)
+    got = []
+    stream = Stream(server, loop, on_data=got.append)
+    stream.start_reading()
+    client.setblocking(True)
+    server.recvs = server.would_block = 0
+    for i in range(5):
+        client.sendall(b"m%d" % i * 1000)  # one record each, read before the next is sent
+        run_until(loop, lambda n=2000 * (i + 1): sum(map(len, got)) >= n)
+    assert b"".join(got) == b"".join(b"m%d" % i * 1000 for i in range(5))
+    assert server.recvs == 5 and server.would_block == 0
+    # Records that wait together in the kernel's buffer are all delivered, in order.
+    client.sendall(b"a" * 3000)
+    client.sendall(b"b" * 3000)
+    run_until(loop, lambda: sum(map(len, got)) >= 10000 + 6000)
+    assert b"".join(got)[10000:] == b"a" * 3000 + b"b" * 3000
+    stream.abort()
+    client.close()
+
+
+def test_stream_reads_full_records_on_in_one_turn(loop, server_ctx, client_ctx):
+    """Bulk data (full 16 KiB records) is read on up to read_size in one readable event."""
+    server, client = tls_socketpair(loop, server_ctx, client_ctx)
+    got = []
+    stream = Stream(server, loop, on_data=got.append, read_size=65536)
+    client.setblocking(True)
+    client.sendall(b"q" * 65536)  # four full records, all in the kernel's buffer first
+    stream.start_reading()
+    run_until(loop, lambda: sum(map(len, got)) >= 65536)
+    assert b"".join(got) == b"q" * 65536
+    assert len(got) == 1
+    stream.abort()
+    client.close()
+
+
 def test_stream_large_writes_and_close_notify(loop, server_ctx, client_ctx):
     server, client = tls_socketpair(loop, server_ctx, client_ctx)
     closed = []

@@ -55,9 +55,11 @@ TLS: ``sock`` may be an ``ssl.SSLSocket`` whose handshake is done (see
 :mod:`evws.reactor.tls`). Three things differ, each for a reason:
 
 - After each read the stream also takes what OpenSSL already decrypted
-  (``pending()``) and keeps reading records until it would block (up to
-  ``read_size``): ``select`` only sees the kernel's buffer, so bytes left in
-  OpenSSL's would wait until the peer happened to send more.
+  (``pending()``): ``select`` only sees the kernel's buffer, so bytes left
+  in OpenSSL's would wait until the peer happened to send more. It reads
+  further records in the same turn only while they are full-size (bulk
+  data, up to ``read_size``); after a short one the next ``select`` says
+  whether more came.
 - ``SSLWantReadError``/``SSLWantWriteError`` can come from either direction;
   both just mean "retry later". OpenSSL wants a retried ``SSL_write`` to get
   the same bytes again, which the write queue does: a chunk leaves the queue
@@ -97,6 +99,8 @@ _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, Interrupt
 _SENDMSG = hasattr(socket.socket, "sendmsg")
 # TLS: up to this many bytes of chunks are joined into one write (one record).
 _TLS_JOIN = 65536
+# The largest plaintext a TLS record carries (RFC 8446 5.1, RFC 5246 6.2.1).
+_TLS_RECORD = 16384
 _IOV_MAX = 512
 
 
@@ -340,8 +344,16 @@ class Stream:
         """
         sock = self._sock
         parts = [first]
-        total = len(first)
-        while total < self.read_size or sock.pending():  # type: ignore[attr-defined]
+        total = last = len(first)
+        # Read on while OpenSSL holds decrypted bytes (select cannot see
+        # them), and while full-size records arrive (a bulk transfer: the
+        # next one is likely there already). After a short record -- the end
+        # of a message, the common case -- stop: another recv would mostly
+        # meet SSLWantReadError, a syscall and an exception per message, and
+        # what is still in the kernel's buffer wakes select again. (Sound
+        # because CPython leaves OpenSSL's read-ahead off: OpenSSL reads one
+        # record at a time and hides nothing else from select.)
+        while sock.pending() or (last >= _TLS_RECORD and total < self.read_size):  # type: ignore[attr-defined]
             try:
                 more = sock.recv(max(self.read_size - total, sock.pending()))  # type: ignore[attr-defined]
             except _WAIT:
@@ -351,7 +363,8 @@ class Stream:
             if not more:
                 return b"".join(parts), True, None
             parts.append(more)
-            total += len(more)
+            last = len(more)
+            total += last
         return (first if len(parts) == 1 else b"".join(parts)), False, None
 
     # -- writing ---------------------------------------------------------
