@@ -680,6 +680,16 @@ def _tables(names: list[str], work: list, results: dict, a: argparse.Namespace) 
             rate, cpu = _median(runs, "rt_per_s"), _median(runs, "server_cpu")
             row.append(f"{cpu / rate * 1e6:.1f}" if rate and cpu is not None else "-")
         out.append("| " + " | ".join(row) + " |")
+    out += ["\nserver CPU in the kernel, % of the server's CPU time (the rest is user space)\n", head, rule]
+    for kind, c, s in work:
+        if kind != "rt":
+            continue
+        key = f"{c} x {fmt_size(s)}"
+        share_row = [key]
+        for name in names:
+            share = kernel_share(results.get((name, key), []))
+            share_row.append("-" if share is None else f"{share:.0f}")
+        out.append("| " + " | ".join(share_row) + " |")
     if a.rounds > 1 and len(names) > 1:
         out += [f"\nper round: {base} / server within each round (servers run back to back): "
                 f"median [lowest - highest], rounds where {base} was faster\n",
@@ -736,6 +746,21 @@ def cpu_per_unit(runs: list[dict], metric: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def kernel_share(runs: list[dict]) -> float | None:
+    """Median over rounds of the server's CPU time spent in the kernel, in % of its CPU time.
+
+    Why: whether a server's cost is its own code or the kernel's TCP work
+    (which no server avoids) decides what a faster implementation can win.
+    ``server_sys`` is the server's ``stime`` over the window (``/proc/PID/stat``);
+    on loopback it includes the delivery of what the server sends to the
+    peer's socket, so it is the same work for every server on the same load.
+    """
+    values = [100.0 * r["server_sys"] / r["server_cpu"] for r in runs
+              if _usable(r, "server_cpu") and isinstance(r.get("server_sys"), (int, float))
+              and r["server_sys"] >= 0]
+    return statistics.median(values) if values else None
+
+
 def _errors(runs: list[dict]) -> int:
     return sum(r.get("errors", 0) + r.get("mismatch", 0) + r.get("conn_fail", 0) + r.get("no_deflate", 0)
                for r in runs if "error" not in r)
@@ -776,6 +801,7 @@ def workload_tables(workload: str, names: list[str], cells: list[Cell], results:
         ref_rss = _median(results.get((base, cell.key), []), "rss_end_kb")
         rows: dict[str, list[str]] = {"main": [cell.key], "cpu": [f"server CPU us per {cell.unit}"],
                                       "p99": ["p99 latency us"], "rss": ["server RSS at the end MiB"],
+                                      "sys": ["server CPU in the kernel %"],
                                       "ok": ["alive / late"], "z": ["replies compressed %"]}
         for name in names:
             runs = results.get((name, cell.key), [])
@@ -791,6 +817,8 @@ def workload_tables(workload: str, names: list[str], cells: list[Cell], results:
             cpu = cpu_per_unit(runs, rate_field)
             rows["cpu"].append("-" if cpu is None else f"{cpu:.1f}" + (_ratio(ref_cpu, cpu, True)
                                                                         if name != base else ""))
+            share = kernel_share(runs)
+            rows["sys"].append("-" if share is None else f"{share:.0f}")
             p99 = _median(runs, "p99_us")
             rows["p99"].append("-" if p99 is None else f"{p99:,.0f}")
             rss = _median(runs, "rss_end_kb")
@@ -800,7 +828,7 @@ def workload_tables(workload: str, names: list[str], cells: list[Cell], results:
             rows["ok"].append("-" if alive is None else f"{alive:.0f}/{n or 0:.0f}, {late or 0:.0f} late")
             z = _median(runs, "rx_compressed_pct")
             rows["z"].append("-" if z is None else f"{z:.0f}")
-        keep = ["main", "cpu", "p99"] + {"many": ["rss", "ok"], "deflate": ["z"]}.get(workload, [])
+        keep = ["main", "cpu", "sys", "p99"] + {"many": ["rss", "ok"], "deflate": ["z"]}.get(workload, [])
         out += ["| " + " | ".join(rows[k]) + " |" for k in keep]
     if rounds > 1 and len(names) > 1:
         out += [f"\nper round: how many times better {base} was than each server within a round: "

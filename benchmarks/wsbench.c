@@ -131,7 +131,9 @@ static uint32_t rand32(void)   /* xorshift64: fast, good enough for mask keys */
     return (uint32_t)(rng >> 16);
 }
 
-static double proc_cpu(int pid)   /* utime+stime of pid, in seconds; -1 if unknown */
+static double proc_sys_s = -1;   /* stime of the last proc_cpu() call, in seconds */
+
+static double proc_cpu(int pid)   /* utime+stime of pid, in seconds (stime in proc_sys_s); -1 if unknown */
 {
     char path[64], buf[1024];
     if (pid <= 0)
@@ -150,6 +152,7 @@ static double proc_cpu(int pid)   /* utime+stime of pid, in seconds; -1 if unkno
     /* after ')': state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return -1;
+    proc_sys_s = (double)st / sysconf(_SC_CLK_TCK);
     return (double)(ut + st) / sysconf(_SC_CLK_TCK);
 }
 
@@ -871,6 +874,7 @@ int main(int argc, char **argv)
     double open_s = -1;
     int next = 0, timed_out = 0;
     double cpu_c0 = 0, cpu_s0 = 0, cpu_c1 = 0, cpu_s1 = 0;
+    double sys_s0 = -1, sys_s1 = -1;
     int window_started = 0, window_done = 0;
     uint64_t completed_at_start = 0, completed_at_end = 0;
     long sched = 0;   /* many: sends scheduled so far */
@@ -947,11 +951,13 @@ int main(int argc, char **argv)
                 window_started = 1;
                 cpu_c0 = self_cpu();
                 cpu_s0 = proc_cpu(server_pid);
+                sys_s0 = proc_sys_s;
                 completed_at_start = completed;
             }
             if (t >= win_end) {
                 cpu_c1 = self_cpu();
                 cpu_s1 = proc_cpu(server_pid);
+                sys_s1 = proc_sys_s;
                 completed_at_end = completed;
                 window_done = 1;
                 break;
@@ -1013,20 +1019,21 @@ int main(int argc, char **argv)
         mx = lat[lat_n - 1];
     }
     double scpu = (cpu_s0 >= 0 && cpu_s1 >= 0 && window_done) ? (cpu_s1 - cpu_s0) / duration : -1;
+    double ssys = (scpu >= 0 && sys_s0 >= 0 && sys_s1 >= 0) ? (sys_s1 - sys_s0) / duration : -1;
     double ccpu = window_done ? (cpu_c1 - cpu_c0) / duration : -1;
     double rate = window_done ? rts / duration : 0.0;
     if (mode == M_RT) {
         printf("{\"mode\":\"rt\",\"conns\":%d,\"size\":%ld,\"tls\":%d,\"deflate\":%d,\"rt_per_s\":%.1f,"
                "\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"errors\":%ld,\"mismatch\":%ld,"
                "\"conn_fail\":%ld,\"no_deflate\":%ld,\"rx_compressed_pct\":%.1f,\"alive\":%ld,\"client_cpu\":%.3f,\"server_cpu\":%.3f,"
-               "\"timed_out\":%d}\n",
+               "\"server_sys\":%.3f,\"timed_out\":%d}\n",
                conns, size, use_tls, use_deflate, rate, p50, p99, mx, errors, mismatch, conn_fail,
-               no_deflate, rx_messages ? 100.0 * rx_compressed / rx_messages : 0.0, alive, ccpu, scpu, timed_out);
+               no_deflate, rx_messages ? 100.0 * rx_compressed / rx_messages : 0.0, alive, ccpu, scpu, ssys, timed_out);
     } else if (mode == M_CHURN) {
         printf("{\"mode\":\"churn\",\"conns\":%d,\"hs_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
                "\"max_us\":%.1f,\"errors\":%ld,\"mismatch\":%ld,\"conn_fail\":%ld,\"client_cpu\":%.3f,"
-               "\"server_cpu\":%.3f,\"timed_out\":%d}\n",
-               conns, rate, p50, p99, mx, errors, mismatch, conn_fail, ccpu, scpu, timed_out);
+               "\"server_cpu\":%.3f,\"server_sys\":%.3f,\"timed_out\":%d}\n",
+               conns, rate, p50, p99, mx, errors, mismatch, conn_fail, ccpu, scpu, ssys, timed_out);
     } else if (mode == M_MANY) {
         long rss_end = proc_rss_kb(server_pid);
         double per = (rss_before > 0 && rss_open > 0 && opened) ? (double)(rss_open - rss_before) / opened : -1;
@@ -1034,17 +1041,17 @@ int main(int argc, char **argv)
                "\"msgs_per_s\":%.1f,\"late\":%ld,\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,"
                "\"rss_before_kb\":%ld,\"rss_open_kb\":%ld,\"rss_end_kb\":%ld,\"kb_per_conn\":%.2f,"
                "\"errors\":%ld,\"mismatch\":%ld,\"conn_fail\":%ld,\"client_cpu\":%.3f,\"server_cpu\":%.3f,"
-               "\"timed_out\":%d}\n",
+               "\"server_sys\":%.3f,\"timed_out\":%d}\n",
                conns, opened, alive, open_s, interval, rate, late, p50, p99, mx, rss_before, rss_open,
-               rss_end, per, errors, mismatch, conn_fail, ccpu, scpu, timed_out);
+               rss_end, per, errors, mismatch, conn_fail, ccpu, scpu, ssys, timed_out);
     } else if (mode == M_FANOUT) {
         double bps = window_done ? (completed_at_end - completed_at_start) / duration : 0.0;
         printf("{\"mode\":\"fanout\",\"n\":%d,\"size\":%ld,\"window\":%d,\"opened\":%ld,\"alive\":%ld,"
                "\"deliveries_per_s\":%.1f,\"broadcasts_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
                "\"max_us\":%.1f,\"errors\":%ld,\"mismatch\":%ld,\"conn_fail\":%ld,\"client_cpu\":%.3f,"
-               "\"server_cpu\":%.3f,\"timed_out\":%d}\n",
+               "\"server_cpu\":%.3f,\"server_sys\":%.3f,\"timed_out\":%d}\n",
                conns, size, window_q, opened, alive, rate, bps, p50, p99, mx, errors, mismatch, conn_fail,
-               ccpu, scpu, timed_out);
+               ccpu, scpu, ssys, timed_out);
     } else {
         usleep(500000);   /* let the server settle before reading its RSS */
         long rss_after = proc_rss_kb(server_pid);

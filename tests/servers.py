@@ -16,6 +16,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def example_server(script: str, *args: str, timeout: float = 10.0):
     """Run examples/<script> --port 0; yield the port it printed, then stop it."""
+    with example_process(script, *args, timeout=timeout) as (_proc, port):
+        yield port
+
+
+@contextlib.contextmanager
+def example_process(script: str, *args: str, timeout: float = 10.0):
+    """As :func:`example_server`, yielding ``(process, port)`` (for a test that needs its pid)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / script), "--port", "0", *args],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
@@ -29,7 +36,7 @@ def example_server(script: str, *args: str, timeout: float = 10.0):
             match = re.search(r"ws://[^:]+:(\d+)/", line)
             if match:
                 port = int(match.group(1))
-        yield port
+        yield proc, port
         assert proc.poll() is None, f"{script} died during the test"
     finally:
         proc.terminate()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from tests.servers import example_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -243,3 +246,39 @@ def test_evws_fanout_peer_uses_the_broadcast_helper_of_this_tree(run):
     # evws/__init__.py exports the function broadcast under the module's name:
     # the probe must look at the module, or fan-out silently falls back to a loop.
     assert run.evws_broadcast_mode() == "evws.broadcast.broadcast()"
+
+
+def test_kernel_share_is_taken_per_round_then_the_median(run):
+    runs = [{"rt_per_s": 10, "server_cpu": 0.5, "server_sys": 0.25},   # 50 %
+            {"rt_per_s": 10, "server_cpu": 0.8, "server_sys": 0.2},    # 25 %
+            {"rt_per_s": 10, "server_cpu": 1.0, "server_sys": 0.6},    # 60 %
+            {"rt_per_s": 10, "server_cpu": 1.0, "server_sys": -1},     # unknown: left out
+            {"rt_per_s": 10, "server_cpu": 1.0},                       # an older generator: left out
+            {"error": "timed out"}]
+    assert run.kernel_share(runs) == 50.0
+    assert run.kernel_share([{"error": "x"}]) is None
+    cells = run.workload_cells("churn", args())
+    results = {("evws", "churn 50"): [dict(churn(3000), server_sys=0.1)],
+               ("websockets", "churn 50"): [churn(1000)]}
+    text = run.workload_tables("churn", ["evws", "websockets"], cells, results, 1)
+    assert "| server CPU in the kernel % | 20 | - |" in text
+    echo = run._tables(["evws"], [("rt", 1, 16)], {("evws", "1 x 16 B"): [dict(rt(100), server_sys=0.4)]},
+                       argparse.Namespace(text=False, duration=3, rounds=1))
+    assert "server CPU in the kernel" in echo and "| 1 x 16 B | 80 |" in echo
+
+
+def test_wsbench_reports_the_servers_kernel_time(run, tmp_path):
+    """A real wsbench run against a real evws echo server: server_sys is measured, within server_cpu."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc or not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs a C compiler and /proc")
+    binary = str(tmp_path / "wsbench")
+    subprocess.run([cc, "-O1", "-DNO_TLS", "-DNO_ZLIB", "-o", binary, os.path.join(ROOT, "benchmarks", "wsbench.c")],
+                   check=True, timeout=120)
+    with example_process("echo_server.py") as (server, port):
+        out = subprocess.run([binary, "-p", str(port), "-c", "2", "-s", "16", "-d", "1", "-w", "0.2",
+                              "-P", str(server.pid), "-T", "30"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rt_per_s"] > 0 and result["server_cpu"] > 0
+    assert 0 <= result["server_sys"] <= result["server_cpu"] + 0.02   # clock-tick rounding
