@@ -37,6 +37,7 @@ from .hub import Hub
 from .message import Message
 from .options import Options
 from .protocol.handshake import Request, Response
+from .reactor.allocator import keep_freed_memory
 from .reactor.condvar import CondVar
 from .reactor.loop import Loop, get_loop
 from .reactor.process import ExitStatus, run_cmd
@@ -97,6 +98,7 @@ __all__ = [
     "connect",
     "connection_pair",
     "get_loop",
+    "keep_freed_memory",
     "prepare",
     "reconnecting",
     "retryable",

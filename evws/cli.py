@@ -73,6 +73,7 @@ from .message import Message
 from .options import DEFAULTS
 from .protocol.http import TOKEN
 from .proxy import parse_proxy_url
+from .reactor.allocator import keep_freed_memory
 from .reactor.condvar import CondVar
 from .reactor.loop import Handle, IoWatcher, Loop, get_loop
 from .reconnect import reconnecting
@@ -224,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="subprotocol to accept when a client offers it (repeatable, in "
                             "this server's order of preference: the first one given that the "
                             "client offers wins)")
+    serve.add_argument("--malloc-defaults", action="store_true",
+                       help="keep the C allocator's defaults; without this flag serve lets glibc "
+                            "keep up to 64 MiB of freed heap for reuse (evws.keep_freed_memory), "
+                            "so large messages do not fault their pages in again each time")
     serve.add_argument("--require-subprotocol", action="store_true",
                        help="refuse (HTTP 400) a client that offers none of the --subprotocol "
                             "names (needs at least one --subprotocol)")
@@ -317,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.unix and args.workers:
             command_parser.error("--unix and --workers cannot be combined (the workers share a "
                                  "TCP port with SO_REUSEPORT)")
+        if not args.malloc_defaults:
+            keep_freed_memory()  # a program's choice, so made here (workers inherit it)
         return serve(args)
     headers = _parse_headers(command_parser, args.header)
     if args.unix and isinstance(args.proxy, str):

@@ -36,8 +36,14 @@ def main() -> None:
                         help="largest message accepted (default 1 MiB; 0 = no limit)")
     parser.add_argument("--no-compression", action="store_true",
                         help="decline permessage-deflate (on by default)")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="keep the C allocator's defaults (see evws.keep_freed_memory)")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     args = parser.parse_args()
+    if not args.malloc_defaults:
+        # A server program's choice (it affects the whole process): reuse the
+        # memory of freed large messages instead of faulting it in again.
+        evws.keep_freed_memory()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

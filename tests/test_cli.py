@@ -490,3 +490,15 @@ def test_no_library_module_prints_or_configures_logging():
                     name == "addHandler" and "NullHandler" not in ast.unparse(node)):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
     assert offenders == []
+
+
+def test_serve_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    from evws import cli
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(cli, "serve", lambda args: calls.append(f"serve {args.port}") or 0)
+    assert cli.main(["serve", "--port", "1"]) == 0
+    assert calls == ["kept", "serve 1"]
+    calls.clear()
+    assert cli.main(["serve", "--port", "2", "--malloc-defaults"]) == 0
+    assert calls == ["serve 2"]

@@ -1,10 +1,11 @@
 """The reactor layer: a selectors loop, condvars, buffered streams, TCP and
-Unix sockets, processes.
+Unix sockets, processes, and the allocator setting a server program may opt into.
 
 It knows nothing of WebSocket; the API layer (evws/*.py) drives the protocol
 core over it. Everything runs in one thread, without asyncio.
 """
 
+from .allocator import keep_freed_memory
 from .condvar import CondVar
 from .loop import Handle, IdleWatcher, IoWatcher, Loop, SignalWatcher, Timer, get_loop
 from .process import ChildWatcher, ExitStatus, child, run_cmd
@@ -30,4 +31,5 @@ __all__ = [
     "tcp_connect",
     "unix_server",
     "unix_connect",
+    "keep_freed_memory",
 ]
