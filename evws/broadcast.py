@@ -38,6 +38,7 @@ from typing import Iterable, NamedTuple, Union
 from .connection import Connection, send_prepared_each
 from .errors import ConnectionClosed
 from .message import Message
+from .protocol.frames import SEPARATE_PAYLOAD as _SEPARATE_PAYLOAD
 from .protocol.frames import frame_header
 
 __all__ = ["broadcast", "prepare", "Prepared", "BroadcastResult", "SLOW_CLOSE_CODE"]
@@ -50,10 +51,6 @@ SLOW_CLOSE_CODE = 1013
 
 _POLICIES = ("close", "skip")
 
-# Payloads at least this long stay a chunk of their own after their header
-# (one sendmsg gathers them) rather than being copied into the joined buffer;
-# the protocol core uses the same bound.
-_SEPARATE_PAYLOAD = 4096
 
 Broadcastable = Union[str, bytes, bytearray, memoryview, Message]
 

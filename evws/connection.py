@@ -407,7 +407,10 @@ class Connection(Emitter):
         # The direct path: nothing was queued before this frame, the
         # connection is open, so the frame goes straight to the stream.
         try:
-            queued = self.stream.write(frame)
+            if type(frame) is bytes:
+                queued = self.stream.write(frame)
+            else:
+                queued = self.stream.writev(frame)  # type: ignore[arg-type]
         except BrokenPipeError:
             return  # the stream is closing or failed: nowhere to send it
         if queued:

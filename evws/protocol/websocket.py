@@ -75,6 +75,7 @@ from .events import (
     PongReceived,
 )
 from .frames import MAX_CONTROL_PAYLOAD, RSV1, frame_header, parse_header, simple_message
+from .frames import SEPARATE_PAYLOAD as _SEPARATE_PAYLOAD
 from .mask import apply_mask, unmask_into
 from .utf8 import IncrementalUtf8, Utf8Validator, check_utf8
 
@@ -125,11 +126,6 @@ CLOSED = State.CLOSED
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0, 1, 2, 8, 9, 10
 _OPNAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
 
-# Outgoing payloads at least this long are queued as a chunk of their own after
-# the header instead of being copied into one chunk with it. The I/O layer
-# writes the two with one sendmsg (Stream.writev): copying 4 KiB costs as much
-# as gathering it (benchmarks/PROFILE.md, phase 3), and more costs more.
-_SEPARATE_PAYLOAD = 4096
 
 # The 4-byte header of an unmasked final frame of 126..65535 bytes.
 _pack_head16 = struct.Struct("!BBH").pack
@@ -795,18 +791,21 @@ class WebSocketProtocol:
         else:
             raise ValueError(f"cannot send a message with opcode {opcode}")
 
-    def encode_message(self, payload: bytes | bytearray | memoryview, opcode: int) -> bytes | None:
+    def encode_message(self, payload: bytes | bytearray | memoryview,
+                       opcode: int) -> bytes | list[bytes] | None:
         """Send a whole message like :meth:`send_message`, handing back its frame when it can.
 
         The direct send path of an I/O layer: when nothing else is queued
         (:meth:`data_to_send` would return nothing) and the message takes the
-        short path -- TEXT or BINARY ``bytes`` under 4 KiB, unmasked,
-        uncompressed, no fragmented message being sent -- the frame is
-        returned and *not* queued, and the caller writes it right away,
-        exactly as it would have written ``data_to_send()``. That saves the
-        queue round trip (a list, two calls) on every echo. Otherwise the
-        message is queued as :meth:`send_message` queues it and ``None`` is
-        returned: the caller flushes ``data_to_send()`` as usual.
+        short path -- TEXT or BINARY ``bytes``, unmasked, uncompressed, no
+        fragmented message being sent -- the frame is returned and *not*
+        queued, and the caller writes it right away, exactly as it would have
+        written ``data_to_send()``. That saves the queue round trip (a list,
+        two calls) on every echo. The frame is one ``bytes`` below
+        ``SEPARATE_PAYLOAD`` (16 KiB), else ``[header, payload]`` for one
+        gathering write (the payload is not copied). Otherwise the message is
+        queued as :meth:`send_message` queues it and ``None`` is returned: the
+        caller flushes ``data_to_send()`` as usual.
 
         Raises:
             as :meth:`send_message`.
@@ -814,12 +813,14 @@ class WebSocketProtocol:
         if (self._fast_out and type(payload) is bytes and (opcode == _BINARY or opcode == _TEXT)
                 and not self.pending_output):
             n = len(payload)
+            if self._debug:
+                _log.debug("> %s fin=1 %d bytes", _OPNAMES[opcode], n)
+            if n < 126:
+                return _SHORT_HEADS[opcode][n] + payload
             if n < _SEPARATE_PAYLOAD:
-                if self._debug:
-                    _log.debug("> %s fin=1 %d bytes", _OPNAMES[opcode], n)
-                if n < 126:
-                    return _SHORT_HEADS[opcode][n] + payload
                 return _pack_head16(0x80 | opcode, 126, n) + payload
+            return [_pack_head16(0x80 | opcode, 126, n) if n < 0x10000 else frame_header(opcode, n),
+                    payload]
         self.send_message(payload, opcode)
         return None
 

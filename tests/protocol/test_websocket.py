@@ -348,19 +348,22 @@ class TestLengths:
             (126, b"\x7e\x00\x7e"),
             (4095, b"\x7e\x0f\xff"),
             (4096, b"\x7e\x10\x00"),
+            (16383, b"\x7e\x3f\xff"),
+            (16384, b"\x7e\x40\x00"),
             (65535, b"\x7e\xff\xff"),
             (65536, b"\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
         ],
     )
     def test_send_message_short_path_headers(self, opcode, size, length):
-        # send_message's echo path builds headers itself; from 4 KiB on the
-        # payload is its own chunk (the I/O layer gathers the two).
+        # send_message's echo path builds headers itself; from 16 KiB
+        # (SEPARATE_PAYLOAD) on the payload is its own chunk (the I/O layer
+        # gathers the two).
         p = server()
         payload = b"a" * size
         p.send_message(payload, opcode)
         chunks = p.data_to_send()
         assert b"".join(chunks) == bytes([0x80 | opcode]) + length + payload
-        if size >= 4096:
+        if size >= 16384:
             assert len(chunks) == 2 and chunks[1] is payload
         else:
             assert len(chunks) == 1
@@ -1351,11 +1354,21 @@ class TestPermessageDeflate:
 def test_encode_message_hands_back_the_frame_send_message_would_queue():
     direct, queued = WebSocketProtocol(SERVER), WebSocketProtocol(SERVER)
     for payload, opcode in ((b"x" * 5, 2), (b"", 1), (b"y" * 125, 2), (b"z" * 126, 1),
-                            (b"w" * 4095, 2)):
+                            (b"w" * 4096, 2), (b"v" * 16383, 1)):
         frame_bytes = direct.encode_message(payload, opcode)
         queued.send_message(payload, opcode)
+        assert type(frame_bytes) is bytes   # one buffer below SEPARATE_PAYLOAD
         assert frame_bytes == b"".join(queued.data_to_send())
         assert not direct.pending_output and direct.data_to_send() == []
+    for size in (16384, 65535, 65536, 1 << 20):
+        payload = bytes(range(256)) * (size // 256) + b"t" * (size % 256)
+        parts = direct.encode_message(payload, 2)
+        queued.send_message(payload, 2)
+        # Header and payload apart, the payload itself (not a copy), as send_message queues them.
+        assert isinstance(parts, list) and parts[1] is payload
+        assert parts == queued.data_to_send()
+        assert decode_output(parts) == [(2, payload, True, None)]
+        assert not direct.pending_output
 
 
 def test_encode_message_queues_when_it_cannot_hand_the_frame_back():
@@ -1363,8 +1376,9 @@ def test_encode_message_queues_when_it_cannot_hand_the_frame_back():
     p.send_ping(b"p")  # output already queued: the message must go after it
     assert p.encode_message(b"m", 2) is None
     assert decode_output(p.data_to_send()) == [(9, b"p", True, None), (2, b"m", True, None)]
-    assert p.encode_message(b"b" * 4096, 2) is None  # a large payload is queued apart
-    assert [len(c) for c in p.data_to_send()] == [4, 4096]
+    p.send_ping(b"p")
+    assert p.encode_message(b"b" * 16384, 2) is None  # behind queued output: queued too, apart
+    assert [len(c) for c in p.data_to_send()] == [3, 4, 16384]
     assert p.encode_message(bytearray(b"ba"), 2) is None  # not bytes: the general path
     assert decode_output(p.data_to_send()) == [(2, b"ba", True, None)]
     client = WebSocketProtocol(CLIENT)  # masked: never the short path
