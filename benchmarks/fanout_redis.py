@@ -20,9 +20,11 @@ each server kind and worker count:
    and deliveries per server CPU-second.
 
 The peer is python-socketio (AsyncServer on aiohttp with
-``AsyncRedisManager``), skipped with a printed reason when it is not
-installed (``pip install python-socketio redis aiohttp``). The machine is
-shared: numbers are provisional, compare rows of one run.
+``AsyncRedisManager``), pinned in the ``python-socketio`` section of
+benchmarks/requirements-peers.txt and run from run.py's venv in
+``~/.cache/evws-benchmarks`` (installed on first use; ``--no-install`` uses
+what is there); skipped with a printed reason when it cannot be installed.
+The machine is shared: numbers are provisional, compare rows of one run.
 """
 
 from __future__ import annotations
@@ -196,11 +198,39 @@ def publish_socketio(url: str, rate: int, seconds: float) -> int:
     return sent
 
 
+def peer_python(install: bool) -> tuple[str | None, str]:
+    """(the venv's python that imports socketio, redis and aiohttp, or None; why not)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = bench
+    spec.loader.exec_module(bench)
+    bench.ensure_python_peers(install)   # installs every section, this one included
+    python = os.path.join(bench.BUILD, "venv", "bin", "python")
+    probe = [python, "-c", "import aiohttp, redis, socketio"]
+    if not os.access(python, os.X_OK):
+        return None, f"no venv at {os.path.dirname(os.path.dirname(python))}"
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        return None, (done.stderr.strip().splitlines() or ["import failed"])[-1]
+    return python, ""
+
+
+def publish_in_peer(python: str, url: str, rate: int, seconds: float) -> int:
+    """Run publish_socketio in the peer's venv (this process has no socketio); its count."""
+    out = subprocess.run([python, __file__, "--publish", "socketio", "--redis", url, "--rate", str(rate),
+                          "--seconds", str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode:
+        raise RuntimeError(f"the socketio publisher failed: {out.stderr[-500:]}")
+    return int(out.stdout.split()[-1])
+
+
 def run_case(kind: str, workers: int, args: argparse.Namespace, url: str,
-             client_bin: str) -> dict[str, object]:
+             client_bin: str, python: str = sys.executable) -> dict[str, object]:
     ports = [free_port() for _ in range(workers)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", kind, "--redis", url,
+    procs = [subprocess.Popen([python, __file__, "--worker", kind, "--redis", url,
                                "--port", str(p)], stdout=subprocess.PIPE, env=env)
              for p in ports]
     client = None
@@ -216,8 +246,10 @@ def run_case(kind: str, workers: int, args: argparse.Namespace, url: str,
             raise RuntimeError("client not ready")
         cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         t0 = time.monotonic()
-        publish = publish_socketio if kind == "socketio" else publish_evws
-        sent = publish(url, args.rate, args.seconds)
+        if kind == "socketio":
+            sent = publish_in_peer(python, url, args.rate, args.seconds)
+        else:
+            sent = publish_evws(url, args.rate, args.seconds)
         result = json.loads(read_line(client, args.seconds + 20))
         if result["received"] > sent * args.clients:
             raise RuntimeError(f"more messages received than sent: {result}")
@@ -254,9 +286,15 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--publish", help=argparse.SUPPRESS)
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not install the peer; use what run.py's venv has")
     args = parser.parse_args()
     if args.worker:
         (socketio_worker if args.worker == "socketio" else evws_worker)(args.redis, args.port)
+        return
+    if args.publish:
+        print(publish_socketio(args.redis, args.rate, args.seconds), flush=True)
         return
     tmp = tempfile.mkdtemp(prefix="evws-fanout-")
     client_bin = os.path.join(tmp, "fanout_client")
@@ -265,14 +303,11 @@ def main() -> None:
         sys.exit("a C compiler is needed for benchmarks/fanout_client.c")
     subprocess.run([cc, "-O2", "-o", client_bin, str(HERE / "fanout_client.c")], check=True)
     kinds = ["evws"]
-    try:
-        import aiohttp  # noqa: F401
-        import redis  # noqa: F401
-        import socketio  # noqa: F401
+    peer, why = peer_python(not args.no_install)
+    if peer is not None:
         kinds.append("socketio")
-    except ImportError as exc:
-        print(f"python-socketio peer skipped: {exc} "
-              "(pip install python-socketio redis aiohttp)")
+    else:
+        print(f"python-socketio peer skipped: {why} (benchmarks/requirements-peers.txt)")
     redis_proc, url = start_redis(tmp)
     rows = []
     try:
@@ -280,7 +315,8 @@ def main() -> None:
             for workers in map(int, args.workers.split(",")):
                 print(f"... {kind}, {workers} worker(s)", file=sys.stderr, flush=True)
                 try:
-                    rows.append(run_case(kind, workers, args, url, client_bin))
+                    rows.append(run_case(kind, workers, args, url, client_bin,
+                                         peer if kind == "socketio" and peer else sys.executable))
                 except (RuntimeError, ValueError) as exc:
                     print(f"{kind} with {workers} worker(s) failed: {exc}")
     finally:
