@@ -4,16 +4,23 @@ Why: sending a message to a 1,000-member room with ``conn.send`` builds the
 same frame header and payload 1,000 times. A server-side frame without
 permessage-deflate is the same bytes for every connection (the server never
 masks), so :func:`prepare` serialises it once and every such member gets
-those bytes (``Connection.send_prepared``): the per-member cost is one queue
-append and one ``send``. A batch of several messages becomes one buffer, so a
-member gets them with one syscall. Connections that cannot share frames -- a
+those bytes. A batch of several messages becomes one buffer, so a member
+gets them with one syscall, and so do several broadcasts of one loop turn:
+the plain-socket members get their frames when the next turn begins, all of
+the turn's in one ``send`` each, from one C loop over the members
+(``evws.reactor.stream.write_each(..., soon=True)``). A publisher whose one
+read holds several messages -- the common case under load -- costs the
+kernel one ``send`` per member instead of one per member and message.
+Connections that cannot share frames -- a
 client side (each frame masked with a fresh key) or one with deflate (its own
 compression context) -- fall back to their ordinary ``conn.send``.
 
 Slow members: a member that does not read would make its output queue grow
 without bound, one copy of every message. So before each write the member's
-``buffered_amount`` is compared with its ``high_water`` (64 KiB by default),
-and a member at or past it gets the ``policy``:
+backlog (``conn.stream.backlog``: the bytes its kernel buffer refused; what is
+only held for the next turn does not count) is compared with its
+``high_water`` (64 KiB by default), and a member at or past it gets the
+``policy``:
 
 ``"close"`` (the default)
     the member is closed with 1013 (Try Again Later): it stops costing
@@ -25,7 +32,7 @@ and a member at or past it gets the ``policy``:
     reach it once its queue fell below ``high_water``. For feeds where the
     latest value replaces the previous ones (prices, positions).
 
-Either way a member holds at most ``high_water`` plus one batch, and no other
+Either way a member holds at most ``high_water`` plus one turn's broadcasts, and no other
 member waits for it: writes never block, the check is per member. A member
 whose ``high_water`` is ``None`` (flow control off) is never slow.
 """
@@ -171,10 +178,12 @@ def broadcast(
         if not conn.is_write_open:
             continue
         high = conn.high_water
-        if high is not None and conn.buffered_amount >= high:
+        # backlog: what the kernel refused; bytes only held for the next
+        # turn (the frames of this turn's earlier broadcasts) do not count.
+        if high is not None and conn.stream.backlog >= high:
             if close:
                 log.debug("%r is %d bytes behind: closing it with %d",
-                          conn, conn.buffered_amount, SLOW_CLOSE_CODE)
+                          conn, conn.stream.backlog, SLOW_CLOSE_CODE)
                 conn.close(SLOW_CLOSE_CODE, "too slow: messages were dropped")
                 closed += 1
             else:
@@ -194,5 +203,7 @@ def broadcast(
             continue
         sent += 1
     if together:
-        sent += len(send_prepared_each(together, chunks[0]))
+        # Sent when the next turn begins, with the frames of every other
+        # broadcast of this turn: one send per member per turn.
+        sent += len(send_prepared_each(together, chunks[0], soon=True))
     return BroadcastResult(sent, skipped, closed, tuple(slow))

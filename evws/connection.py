@@ -869,7 +869,8 @@ class Connection(Emitter):
         if queued:
             self._check_high_water(queued)
 
-def send_prepared_each(connections: list[Connection], frames: bytes) -> list[Connection]:
+def send_prepared_each(connections: list[Connection], frames: bytes, *,
+                       soon: bool = False) -> list[Connection]:
     """``conn.send_prepared((frames,))`` for each connection, the writes batched.
 
     Why: fan-out's per-member work (``evws.broadcast``). The members whose
@@ -877,7 +878,10 @@ def send_prepared_each(connections: list[Connection], frames: bytes) -> list[Con
     ``write_each`` together -- one C loop of ``send`` for the plain sockets
     among them -- instead of one ``send_prepared`` call each; the others
     take the general path of ``send_prepared``. Flow control is applied to
-    each member left with queued output, as ``send_prepared`` does.
+    each member left with queued output, as ``send_prepared`` does. With
+    ``soon``, the direct members get the frames when the loop's next turn
+    begins, with whatever else this turn writes to them, in one ``send``
+    (``write_each(..., soon=True)``).
 
     Returns:
         the connections that were written to (not those already closing or
@@ -898,7 +902,7 @@ def send_prepared_each(connections: list[Connection], frames: bytes) -> list[Con
             continue
         written.append(conn)
     if streams:
-        for index, queued in write_each(streams, frames):
+        for index, queued in write_each(streams, frames, soon=soon):
             direct[index]._check_high_water(queued)
     return written
 

@@ -156,3 +156,70 @@ def test_a_member_without_flow_control_is_never_slow(loop):
     assert servers[0].buffered_amount > 0
     clients[0].stream.resume_reading()
     close_all(loop, servers + clients)
+
+
+def test_the_broadcasts_of_one_turn_reach_each_member_in_one_send(loop, monkeypatch):
+    """Five broadcasts in one turn: the members get the five frames, in order, from one
+    C loop of sends (one send each) when the next turn begins."""
+    from evws.reactor import stream as stream_module
+    calls = []
+    real = stream_module._send_each
+
+    def counting(fds, data):
+        calls.append((len(fds), len(data)))
+        return real(fds, data)
+
+    monkeypatch.setattr(stream_module, "_send_each", counting)
+    server = evws.Server(loop=loop, ping_interval=None, compression=None)
+    members, peers = [], []
+    for _ in range(4):
+        conn, _, peer = open_connection(loop, server)
+        members.append(conn)
+        peers.append(peer)
+    texts = [f"message {i}" for i in range(5)]
+    for text in texts:
+        assert evws.broadcast(members, text).sent == 4
+    assert calls == []   # held until the next turn
+    for peer in peers:
+        assert peer.read_frames(5) == [(True, 1, t.encode()) for t in texts]
+    assert calls == [(4, sum(len(wire.frame(1, t.encode(), mask=None)) for t in texts))]
+    for peer in peers:
+        peer.close()
+    run_until(loop, lambda: all(c.finished for c in members))
+
+
+def test_what_one_turn_holds_does_not_make_a_member_slow(loop):
+    """40 KiB broadcast in one turn to members whose high water is 16 KiB: none of it was
+    refused by a kernel, so nobody is slow; it all arrives."""
+    servers, clients = pairs(loop, 3, compression=None)
+    got = collect(clients)
+    for s in servers:
+        s.high_water = 16 * 1024
+    results = [evws.broadcast(servers, b"%03d" % i + b"p" * 4093) for i in range(10)]
+    assert all(r == (3, 0, 0, ()) for r in results)
+    assert all(s.buffered_amount >= 40 * 1024 and s.stream.backlog == 0 for s in servers)
+    run_until(loop, lambda: all(len(v) == 10 for v in got.values()))
+    for messages in got.values():
+        assert [m[1][:3] for m in messages] == [b"%03d" % i for i in range(10)]
+    assert all(s.is_write_open for s in servers)
+    close_all(loop, servers + clients)
+
+
+def test_a_send_behind_held_frames_pauses_reading_and_the_flush_resumes_it(loop):
+    """Flow control sees held bytes through send(): past high water the connection stops
+    reading, and the flush at the next turn (on_drain) lets it read again."""
+    servers, clients = pairs(loop, 1, compression=None)
+    server, client = servers[0], clients[0]
+    server.high_water, server.low_water = 1024, 0
+    got_server = collect([server])
+    got_client = collect([client])
+    evws.broadcast([server], b"b" * 900)
+    server.send(b"s" * 500)   # joins the held frame: 1,400+ bytes reported, past high water
+    assert server.buffered_amount > server.high_water and server.stream.backlog == 0
+    assert server._read_paused
+    client.send("are you reading?")
+    run_until(loop, lambda: got_server[server] == [(1, b"are you reading?")])
+    assert not server._read_paused
+    run_until(loop, lambda: len(got_client[client]) == 2)
+    assert got_client[client] == [(2, b"b" * 900), (2, b"s" * 500)]
+    close_all(loop, servers + clients)

@@ -10,6 +10,15 @@ nothing about what the bytes mean. Why each piece is here:
   (``del buf[:n]`` on a bytearray would move the rest on each send). A write
   watcher exists only while something is queued. :meth:`Stream.writev` hands
   several chunks (a frame header and its payload) to one ``sendmsg``.
+- :func:`write_each` writes one buffer to many streams with one C loop of
+  ``send`` (fan-out); with ``soon=True`` it holds the bytes until the loop's
+  next turn begins, so that everything written to a stream that way during
+  one turn -- the several broadcasts one read of a publisher causes -- goes
+  out in one ``send`` instead of one each (the kernel's per-``send`` cost is
+  most of fan-out's). Redis does the same: replies are written before the
+  loop sleeps, not as they are made. A ``write()`` to a stream holding such
+  bytes joins them, in order; ``close()`` and ``shutdown_write()`` send them
+  first; ``buffered_amount`` counts them, ``backlog`` does not.
 - :meth:`Stream.close` is graceful: flush, ``shutdown(SHUT_WR)``, then read and
   discard until the peer's EOF (bounded by ``linger``), then close. Closing a
   socket that still has unread input makes the kernel send an RST, and an RST
@@ -132,6 +141,7 @@ class Stream:
         "read_size", "linger", "_rw", "_ww", "_queue", "_buffered",
         "_want_read", "_paused", "_eof", "_shut_pending", "_write_shut",
         "_closing", "_closed", "_no_write", "_timer", "_tls", "low_water", "_above_low", "_rq",
+        "_soon", "_soon_size",
     )
 
     def __init__(
@@ -183,6 +193,9 @@ class Stream:
         self._above_low = False
         # Queued reads (read_line/read_exactly): made on first use.
         self._rq: _ReadQueue | None = None
+        # Bytes held until the next turn (write_each(..., soon=True)), in order.
+        self._soon: list[bytes] | None = None
+        self._soon_size = 0
 
     # -- properties ------------------------------------------------------
 
@@ -207,6 +220,16 @@ class Stream:
     @property
     def buffered_amount(self) -> int:
         """Bytes accepted by ``write()`` and not yet handed to the kernel."""
+        return self._buffered + self._soon_size
+
+    @property
+    def backlog(self) -> int:
+        """Bytes the kernel did not take when they were sent: how far behind the peer is.
+
+        :attr:`buffered_amount` less what is only held until the next turn
+        (``write_each(..., soon=True)``), which has not been tried yet. A
+        broadcast judges a member slow by this.
+        """
         return self._buffered
 
     # -- reading ---------------------------------------------------------
@@ -392,7 +415,15 @@ class Stream:
             data = view
         size = len(data)
         if not size:
-            return self._buffered
+            return self._buffered + self._soon_size
+        if self._soon is not None:
+            # Bytes held for the next turn go first: these join them. The
+            # caller sees them in the count, so it hears on_drain once they
+            # are out (a count it never saw needs no such news).
+            self._soon.append(data if type(data) is bytes else bytes(data))
+            self._soon_size += size
+            self._above_low = True
+            return self._buffered + self._soon_size
         if self._queue:
             self._enqueue(data if type(data) is memoryview else memoryview(data))
             return self._buffered
@@ -431,10 +462,10 @@ class Stream:
             if total <= _TLS_JOIN:
                 return self.write(b"".join(chunks))
         if (len(chunks) == 1 or self._queue or self._tls or not _SENDMSG
-                or len(chunks) > _IOV_MAX):
+                or len(chunks) > _IOV_MAX or self._soon is not None):
             for chunk in chunks:
                 self.write(chunk)
-            return self._buffered
+            return self._buffered + self._soon_size
         if self._no_write:
             raise BrokenPipeError(errno.EPIPE, "stream is closed for writing")
         try:
@@ -452,6 +483,14 @@ class Stream:
             self._enqueue(memoryview(chunk)[sent:])
             sent = 0
         return self._buffered
+
+    def _send_soon(self) -> None:
+        """Write what is held for the next turn now, through :meth:`write` (order kept)."""
+        held, self._soon = self._soon, None
+        self._soon_size = 0
+        if held and not self._no_write:
+            for chunk in held:
+                self.write(chunk)
 
     def _enqueue(self, view: memoryview) -> None:
         # A view of a mutable buffer would see the caller's later changes
@@ -508,6 +547,8 @@ class Stream:
         """Send EOF (``SHUT_WR``) once everything queued has been written."""
         if self._closed or self._closing or self._shut_pending or self._write_shut:
             return
+        if self._soon is not None:
+            self._send_soon()
         self._shut_pending = True
         self._no_write = True
         if not self._queue:
@@ -550,6 +591,8 @@ class Stream:
         """
         if self._closed or self._closing:
             return
+        if self._soon is not None:
+            self._send_soon()  # what is held for the next turn goes out first
         self._closing = True
         self._no_write = True
         self._update_reader()  # discard input while flushing, too
@@ -594,6 +637,8 @@ class Stream:
         """
         if self._closed:
             raise ValueError("stream is closed")
+        if self._soon is not None:
+            self._send_soon()
         if self._queue:
             raise ValueError(f"{self._buffered} bytes still queued; wait for on_drain")
         self._closed = self._closing = self._no_write = True
@@ -628,6 +673,8 @@ class Stream:
             self._timer = None
         self._queue = None
         self._buffered = 0
+        self._soon = None
+        self._soon_size = 0
         if self._rq is not None:
             self._rq.requests.clear()  # drop the callbacks (and their cycles)
         try:
@@ -680,7 +727,7 @@ _send_each: Callable[[list[int], bytes], list[tuple[int, int]]] = (
     c_function("send_each") or _py_send_each)
 
 
-def write_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
+def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> list[tuple[int, int]]:
     """``stream.write(data)`` for every stream, with one C loop of ``send`` for most of them.
 
     Why: fan-out writes the same frame to a thousand streams, and a Python
@@ -692,10 +739,23 @@ def write_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
     usual, so queueing, TLS and error handling stay in one place. A stream
     listed twice gets its copies in order.
 
+    With ``soon=True`` those plain streams get the bytes when the loop's next
+    turn begins instead (before it polls), together with everything else
+    written to them in between -- more ``write_each(..., soon=True)`` calls
+    or plain ``write()`` s, in order -- in one ``send`` per stream, and one
+    C loop for the streams that got the same bytes. That is the fan-out of
+    several messages in one turn for the price of one (see the module
+    docstring). Until then the bytes count in ``buffered_amount`` but not in
+    ``backlog``; ``on_drain`` fires once they are out if a ``write()`` in
+    between reported them.
+
     Returns:
         ``(index, buffered_amount)`` for each stream left with queued
-        output, for the caller's flow control (most calls: an empty list).
+        output, for the caller's flow control (most calls: an empty list;
+        with ``soon``, bytes held for the next turn are not "queued" here).
     """
+    if soon:
+        return _hold_each(streams, data)
     fds: list[int] = []
     direct: list[int] = []  # the index in ``streams`` of each of ``fds``
     queued: list[tuple[int, int]] = []
@@ -723,6 +783,96 @@ def write_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
             if buffered:
                 queued.append((index, buffered))
     return sorted(queued) if len(queued) > 1 else queued
+
+
+# Streams holding bytes for the next turn, per loop (write_each(..., soon=True)).
+_held: dict[Loop, list[Stream]] = {}
+
+
+def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
+    """``write_each(streams, data, soon=True)``."""
+    queued: list[tuple[int, int]] = []
+    size = len(data)
+    if not size:
+        return queued
+    plain = socket.socket
+    loop: Loop | None = None
+    held: list[Stream] = []
+    for index, stream in enumerate(streams):
+        soon = stream._soon
+        if soon is not None:
+            soon.append(data)
+            stream._soon_size += size
+        elif stream._queue or stream._no_write or type(stream._sock) is not plain:
+            try:
+                buffered = stream.write(data)
+            except BrokenPipeError:
+                continue
+            if buffered:
+                queued.append((index, buffered))
+        else:
+            stream._soon = [data]
+            stream._soon_size = size
+            if stream._loop is not loop:
+                loop = stream._loop
+                held = _held.get(loop)  # type: ignore[assignment]
+                if held is None:
+                    held = _held[loop] = []
+                    loop.call_soon(_send_held, loop)
+            held.append(stream)
+    return sorted(queued) if len(queued) > 1 else queued
+
+
+def _send_held(loop: Loop) -> None:
+    """The start of the turn after ``write_each(..., soon=True)``: send what the streams hold.
+
+    Three steps, so that no callback runs while a stream's bytes are half
+    handled: take every stream's held bytes (grouping the streams that hold
+    the same objects, as a broadcast leaves them), send each group's bytes
+    with one C loop, then queue what a socket did not take and tell the
+    owners (``on_drain``), who may write again.
+    """
+    groups: dict[int | tuple[int, ...], tuple[bytes, list[Stream]]] = {}
+    general: list[tuple[Stream, list[bytes]]] = []
+    for stream in _held.pop(loop, ()):
+        held = stream._soon
+        if held is None:
+            continue  # written out by close()/shutdown_write(), or torn down
+        stream._soon = None
+        stream._soon_size = 0
+        if stream._queue or stream._no_write:
+            general.append((stream, held))
+            continue
+        key = id(held[0]) if len(held) == 1 else tuple(map(id, held))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = (held[0] if len(held) == 1 else b"".join(held), [stream])
+        else:
+            group[1].append(stream)
+    short: list[tuple[Stream, memoryview | bytes]] = []
+    for data, members in groups.values():
+        for position, sent in _send_each([m._fd for m in members], data):
+            short.append((members[position], memoryview(data)[sent:] if sent else data))
+    for stream, rest in short:
+        try:
+            stream.write(rest)
+        except BrokenPipeError:
+            pass
+    for stream, held in general:
+        for chunk in held:
+            try:
+                stream.write(chunk)
+            except BrokenPipeError:
+                break
+    for _data, members in groups.values():
+        for stream in members:
+            # Only an owner whose write() returned a count with held bytes
+            # in it may be waiting (write_each(..., soon=True) does not
+            # report held bytes); one with a backlog hears it later.
+            if stream._above_low and not stream._buffered:
+                stream._above_low = False
+                if not stream._closing and stream.on_drain is not None:
+                    stream.on_drain()
 
 
 class _ReadQueue:

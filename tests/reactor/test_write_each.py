@@ -171,3 +171,132 @@ def test_the_c_function_refuses_bad_arguments():
     finally:
         a.close()
         b.close()
+
+
+# --- soon=True: held until the next turn, one send per stream per turn ---------------------
+
+class CountingSendEach:
+    """Wraps the send loop under test and records each call (fds, data)."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[tuple[list[int], bytes]] = []
+
+    def __call__(self, fds, data):
+        self.calls.append((list(fds), bytes(data)))
+        return self.real(fds, data)
+
+
+@pytest.fixture
+def counted(send_each, monkeypatch):
+    counter = CountingSendEach(send_each)
+    monkeypatch.setattr(stream_module, "_send_each", counter)
+    return counter
+
+
+def test_soon_holds_the_bytes_until_the_next_turn(loop, pairs, counted):
+    made = pairs(3)
+    streams = [Stream(a, loop) for a, _ in made]
+    records = [Recorder(s) for s in streams]
+    assert write_each(streams, b"first", soon=True) == []
+    for (_, b), s in zip(made, streams):
+        assert nothing_more(b)
+        assert s.buffered_amount == 5 and s.backlog == 0
+    loop.run_once(0)
+    for (_, b), s in zip(made, streams):
+        assert read_exactly(b, 5) == b"first" and nothing_more(b)
+        assert s.buffered_amount == 0
+    assert counted.calls == [([a.fileno() for a, _ in made], b"first")]
+    # Nobody was told of held bytes (write_each does not report them): no drain news.
+    assert [r.drains for r in records] == [0, 0, 0]
+
+
+def test_a_turns_writes_go_out_in_one_send_per_stream_in_order(loop, pairs, counted):
+    """Three broadcasts in one turn: one C loop call with the three joined, for every stream
+    that got the same ones; a stream that was also written to directly gets its own bytes,
+    in the order they were written."""
+    made = pairs(4)
+    streams = [Stream(a, loop) for a, _ in made]
+    write_each(streams, b"one.", soon=True)
+    write_each(streams, b"two.", soon=True)
+    assert streams[3].write(b"direct.") == len(b"one.two.direct.")   # joins what is held
+    assert streams[3].writev([b"v1.", b"v2."]) == len(b"one.two.direct.v1.v2.")
+    write_each(streams, b"three.", soon=True)
+    assert all(nothing_more(b) for _, b in made)
+    loop.run_once(0)
+    for _, b in made[:3]:
+        assert read_exactly(b, 14) == b"one.two.three." and nothing_more(b)
+    assert read_exactly(made[3][1], 27) == b"one.two.direct.v1.v2.three."
+    assert sorted(len(fds) for fds, _ in counted.calls) == [1, 3]
+    assert (sorted(a.fileno() for a, _ in made[:3]), b"one.two.three.") in [
+        (sorted(fds), data) for fds, data in counted.calls]
+    # The next turn starts over: nothing is held any more, writes go straight out.
+    assert streams[0].write(b"now") == 0
+    assert read_exactly(made[0][1], 3) == b"now"
+
+
+def test_close_and_shutdown_send_what_is_held_first(loop, pairs, counted):
+    (a, b), (c, d) = pairs(2)
+    closing, shutting = Stream(a, loop), Stream(c, loop)
+    Recorder(closing)
+    write_each([closing, shutting], b"held", soon=True)
+    closing.close()
+    shutting.shutdown_write()
+    assert read_exactly(b, 4) == b"held" and b.recv(1) == b""   # then EOF
+    assert read_exactly(d, 4) == b"held" and d.recv(1) == b""
+    loop.run_once(0)   # the flush finds nothing left to send
+    assert counted.calls == []
+
+
+def test_an_aborted_stream_drops_what_it_held(loop, pairs, counted):
+    (a, b), (c, d) = pairs(2)
+    dropped, kept = Stream(a, loop), Stream(c, loop)
+    write_each([dropped, kept], b"x", soon=True)
+    dropped.abort()
+    loop.run_once(0)
+    assert b.recv(1) == b""
+    assert read_exactly(d, 1) == b"x"
+    assert counted.calls == [([c.fileno()], b"x")]
+
+
+def test_what_the_kernel_refuses_at_the_flush_is_queued_then_drained(loop, pairs, counted):
+    (a, b), (c, d) = pairs(2)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    full, fine = Stream(a, loop), Stream(c, loop)
+    records = [Recorder(full), Recorder(fine)]
+    data = counting_bytes(16 * 1024)   # 64 KiB, more than the small buffer takes
+    write_each([full, fine], data, soon=True)
+    # write() reports the held bytes in its count: its caller hears on_drain when they are out.
+    assert fine.write(b"end") == full.write(b"end") == len(data) + 3
+    loop.run_once(0)
+    assert full.backlog > 0 and full.buffered_amount == full.backlog
+    assert records[1].drains == 1 and records[0].drains == 0   # fine: all out, so "drained"
+    assert read_exactly(d, len(data) + 3) == data + b"end"
+    reader = SlowReader(loop, b)
+    run_until(loop, lambda: len(reader.data) == len(data) + 3 and records[0].drains == 1)
+    assert bytes(reader.data) == data + b"end"
+
+
+def test_a_stream_with_a_backlog_is_not_held(loop, pairs, counted):
+    ((a, b),) = pairs(1)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s = Stream(a, loop)
+    data = counting_bytes(16 * 1024)
+    assert s.write(data) > 0
+    queued = write_each([s], b"tail", soon=True)
+    assert queued == [(0, s.backlog)] and s.backlog == s.buffered_amount
+    reader = SlowReader(loop, b)
+    run_until(loop, lambda: len(reader.data) == len(data) + 4)
+    assert bytes(reader.data) == data + b"tail"
+    assert counted.calls == []
+
+
+def test_held_bytes_from_a_mutable_buffer_are_copied(loop, pairs, counted):
+    (a, b), (c, d) = pairs(2)
+    s, other = Stream(a, loop), Stream(c, loop)
+    write_each([s, other], b"h", soon=True)
+    buf = bytearray(b"abc")
+    s.write(buf)
+    buf[:] = b"XYZ"
+    loop.run_once(0)
+    assert read_exactly(b, 4) == b"habc"
