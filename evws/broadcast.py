@@ -6,7 +6,7 @@ permessage-deflate is the same bytes for every connection (the server never
 masks), so :func:`prepare` serialises it once and every such member gets
 those bytes. A batch of several messages becomes one buffer, so a member
 gets them with one syscall, and so do several broadcasts of one loop turn:
-the plain-socket members get their frames when the next turn begins, all of
+the plain-socket members get their frames at the end of the loop's turn, all of
 the turn's in one ``send`` each, from one C loop over the members
 (``evws.reactor.stream.write_each(..., soon=True)``). A publisher whose one
 read holds several messages -- the common case under load -- costs the
@@ -18,7 +18,7 @@ compression context) -- fall back to their ordinary ``conn.send``.
 Slow members: a member that does not read would make its output queue grow
 without bound, one copy of every message. So before each write the member's
 backlog (``conn.stream.backlog``: the bytes its kernel buffer refused; what is
-only held for the next turn does not count) is compared with its
+only held until the end of the turn does not count) is compared with its
 ``high_water`` (64 KiB by default), and a member at or past it gets the
 ``policy``:
 
@@ -203,7 +203,7 @@ def broadcast(
             continue
         sent += 1
     if together:
-        # Sent when the next turn begins, with the frames of every other
+        # Sent at the end of this loop turn, with the frames of every other
         # broadcast of this turn: one send per member per turn.
         sent += len(send_prepared_each(together, chunks[0], soon=True))
     return BroadcastResult(sent, skipped, closed, tuple(slow))

@@ -879,8 +879,8 @@ def send_prepared_each(connections: list[Connection], frames: bytes, *,
     among them -- instead of one ``send_prepared`` call each; the others
     take the general path of ``send_prepared``. Flow control is applied to
     each member left with queued output, as ``send_prepared`` does. With
-    ``soon``, the direct members get the frames when the loop's next turn
-    begins, with whatever else this turn writes to them, in one ``send``
+    ``soon``, the direct members get the frames at the end of the loop's
+    turn, with whatever else this turn writes to them, in one ``send``
     (``write_each(..., soon=True)``).
 
     Returns:

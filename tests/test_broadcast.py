@@ -223,3 +223,27 @@ def test_a_send_behind_held_frames_pauses_reading_and_the_flush_resumes_it(loop)
     run_until(loop, lambda: len(got_client[client]) == 2)
     assert got_client[client] == [(2, b"b" * 900), (2, b"s" * 500)]
     close_all(loop, servers + clients)
+
+
+def test_a_broadcast_right_before_stop_is_on_the_wire_when_run_returns(loop):
+    """The held frames go out at the end of the turn, even the one that stops the loop."""
+    import select
+    server = evws.Server(loop=loop, ping_interval=None, compression=None)
+    members, peers = [], []
+    for _ in range(2):
+        conn, _, peer = open_connection(loop, server)
+        members.append(conn)
+        peers.append(peer)
+
+    def last_words():
+        evws.broadcast(members, "bye")
+        loop.stop()
+
+    loop.call_soon(last_words)
+    loop.run()
+    for peer in peers:   # read without running the loop again
+        assert select.select([peer.sock], [], [], 5)[0]
+        assert peer.sock.recv(100) == wire.frame(1, b"bye", mask=None)
+    for peer in peers:
+        peer.close()
+    run_until(loop, lambda: all(c.finished for c in members))

@@ -11,8 +11,8 @@ nothing about what the bytes mean. Why each piece is here:
   watcher exists only while something is queued. :meth:`Stream.writev` hands
   several chunks (a frame header and its payload) to one ``sendmsg``.
 - :func:`write_each` writes one buffer to many streams with one C loop of
-  ``send`` (fan-out); with ``soon=True`` it holds the bytes until the loop's
-  next turn begins, so that everything written to a stream that way during
+  ``send`` (fan-out); with ``soon=True`` it holds the bytes until the end of
+  the loop's turn, so that everything written to a stream that way during
   one turn -- the several broadcasts one read of a publisher causes -- goes
   out in one ``send`` instead of one each (the kernel's per-``send`` cost is
   most of fan-out's). Redis does the same: replies are written before the
@@ -193,7 +193,7 @@ class Stream:
         self._above_low = False
         # Queued reads (read_line/read_exactly): made on first use.
         self._rq: _ReadQueue | None = None
-        # Bytes held until the next turn (write_each(..., soon=True)), in order.
+        # Bytes held until the end of the turn (write_each(..., soon=True)), in order.
         self._soon: list[bytes] | None = None
         self._soon_size = 0
 
@@ -226,7 +226,7 @@ class Stream:
     def backlog(self) -> int:
         """Bytes the kernel did not take when they were sent: how far behind the peer is.
 
-        :attr:`buffered_amount` less what is only held until the next turn
+        :attr:`buffered_amount` less what is only held until the end of the turn
         (``write_each(..., soon=True)``), which has not been tried yet. A
         broadcast judges a member slow by this.
         """
@@ -417,7 +417,7 @@ class Stream:
         if not size:
             return self._buffered + self._soon_size
         if self._soon is not None:
-            # Bytes held for the next turn go first: these join them. The
+            # Bytes held for the end of the turn go first: these join them. The
             # caller sees them in the count, so it hears on_drain once they
             # are out (a count it never saw needs no such news).
             self._soon.append(data if type(data) is bytes else bytes(data))
@@ -485,7 +485,7 @@ class Stream:
         return self._buffered
 
     def _send_soon(self) -> None:
-        """Write what is held for the next turn now, through :meth:`write` (order kept)."""
+        """Write what is held for the end of the turn now, through :meth:`write` (order kept)."""
         held, self._soon = self._soon, None
         self._soon_size = 0
         if held and not self._no_write:
@@ -592,7 +592,7 @@ class Stream:
         if self._closed or self._closing:
             return
         if self._soon is not None:
-            self._send_soon()  # what is held for the next turn goes out first
+            self._send_soon()  # what is held for the end of the turn goes out first
         self._closing = True
         self._no_write = True
         self._update_reader()  # discard input while flushing, too
@@ -739,8 +739,8 @@ def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> lis
     usual, so queueing, TLS and error handling stay in one place. A stream
     listed twice gets its copies in order.
 
-    With ``soon=True`` those plain streams get the bytes when the loop's next
-    turn begins instead (before it polls), together with everything else
+    With ``soon=True`` those plain streams get the bytes at the end of the
+    loop's turn instead (``Loop.at_turn_end``: before it polls again), together with everything else
     written to them in between -- more ``write_each(..., soon=True)`` calls
     or plain ``write()`` s, in order -- in one ``send`` per stream, and one
     C loop for the streams that got the same bytes. That is the fan-out of
@@ -752,7 +752,7 @@ def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> lis
     Returns:
         ``(index, buffered_amount)`` for each stream left with queued
         output, for the caller's flow control (most calls: an empty list;
-        with ``soon``, bytes held for the next turn are not "queued" here).
+        with ``soon``, bytes held for the end of the turn are not "queued" here).
     """
     if soon:
         return _hold_each(streams, data)
@@ -785,7 +785,7 @@ def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> lis
     return sorted(queued) if len(queued) > 1 else queued
 
 
-# Streams holding bytes for the next turn, per loop (write_each(..., soon=True)).
+# Streams holding bytes until the end of the turn, per loop (write_each(..., soon=True)).
 _held: dict[Loop, list[Stream]] = {}
 
 
@@ -818,13 +818,13 @@ def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
                 held = _held.get(loop)  # type: ignore[assignment]
                 if held is None:
                     held = _held[loop] = []
-                    loop.call_soon(_send_held, loop)
+                    loop.at_turn_end(_send_held, loop)
             held.append(stream)
     return sorted(queued) if len(queued) > 1 else queued
 
 
 def _send_held(loop: Loop) -> None:
-    """The start of the turn after ``write_each(..., soon=True)``: send what the streams hold.
+    """The end of the turn of ``write_each(..., soon=True)``: send what the streams hold.
 
     Three steps, so that no callback runs while a stream's bytes are half
     handled: take every stream's held bytes (grouping the streams that hold

@@ -529,3 +529,72 @@ class TestPending:
         lp.timer(60, lambda: None)
         lp.close()
         assert lp.pending() == []
+
+
+# --- at_turn_end: once, at the end of this turn -------------------------------------------
+
+def test_at_turn_end_runs_after_the_turns_callbacks_and_before_the_next_poll(loop):
+    order = []
+    a, b = socket.socketpair()
+    try:
+        b.send(b"x")
+
+        def readable():
+            order.append("io")
+            loop.at_turn_end(order.append, "end 1")
+            loop.at_turn_end(order.append, "end 2")
+            loop.call_soon(order.append, "soon")
+            a.recv(1)
+
+        w = loop.io(a, "r", readable)
+        loop.timer(0, lambda: order.append("timer"))
+        loop.run_once(1.0)
+        assert order[0] == "io" and order[-2:] == ["end 1", "end 2"]   # this turn, last
+        assert "soon" not in order                                       # call_soon: next turn
+        loop.run_once(0)
+        assert order[-1] == "soon"
+        w.cancel()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_at_turn_end_still_runs_when_a_callback_stops_the_loop(loop):
+    done = []
+
+    def stop_now():
+        loop.at_turn_end(done.append, "flushed")
+        loop.stop()
+
+    loop.call_soon(stop_now)
+    loop.run()
+    assert done == ["flushed"]
+
+
+def test_at_turn_end_outside_a_turn_does_not_wait_in_select(loop):
+    done = []
+    loop.at_turn_end(done.append, 1)
+    loop.timer(30, lambda: done.append("timer"))   # would block the poll for 30 s
+    started = time.monotonic()
+    loop.run_once()
+    assert done == [1] and time.monotonic() - started < 5
+
+
+def test_at_turn_end_from_itself_runs_a_turn_later_and_is_cancellable(loop, caplog):
+    done = []
+
+    def first():
+        done.append("first")
+        loop.at_turn_end(done.append, "again")
+
+    loop.at_turn_end(first)
+    cancelled = loop.at_turn_end(done.append, "never")
+    cancelled.cancel()
+    loop.at_turn_end(lambda: 1 / 0)   # logged, the others still run
+    loop.run_once(0)
+    assert done == ["first"]
+    assert any("ZeroDivisionError" in r.exc_text for r in caplog.records if r.exc_text)
+    assert any(h.fn == done.append for h in loop.pending())   # listed while pending
+    loop.run_once(0)
+    assert done == ["first", "again"]
+    assert loop.pending() == []
