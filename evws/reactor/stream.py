@@ -797,7 +797,7 @@ def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
         return queued
     plain = socket.socket
     loop: Loop | None = None
-    held: list[Stream] = []
+    held: list[Stream] | None = None
     for index, stream in enumerate(streams):
         soon = stream._soon
         if soon is not None:
@@ -811,16 +811,40 @@ def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
             if buffered:
                 queued.append((index, buffered))
         else:
-            stream._soon = [data]
-            stream._soon_size = size
             if stream._loop is not loop:
                 loop = stream._loop
-                held = _held.get(loop)  # type: ignore[assignment]
+                held = _held.get(loop)
                 if held is None:
-                    held = _held[loop] = []
-                    loop.at_turn_end(_send_held, loop)
+                    held = _held_for(loop)
+            if held is None:  # a closed loop has no turn to end: write now
+                try:
+                    buffered = stream.write(data)
+                except BrokenPipeError:
+                    continue
+                if buffered:
+                    queued.append((index, buffered))
+                continue
+            stream._soon = [data]
+            stream._soon_size = size
             held.append(stream)
     return sorted(queued) if len(queued) > 1 else queued
+
+
+def _held_for(loop: Loop) -> list[Stream] | None:
+    """A new list of held streams for ``loop``'s turn, and its flush at the turn's end.
+
+    None for a closed loop (no turn of it will end).
+    """
+    # A loop closed before its turn ended never flushed: forget its streams
+    # (their sockets are the owners' to close) instead of keeping them alive.
+    for stale in [lp for lp in _held if lp.closed]:
+        del _held[stale]
+    if loop.closed:
+        return None
+    held: list[Stream] = []
+    _held[loop] = held
+    loop.at_turn_end(_send_held, loop)
+    return held
 
 
 def _send_held(loop: Loop) -> None:

@@ -300,3 +300,26 @@ def test_held_bytes_from_a_mutable_buffer_are_copied(loop, pairs, counted):
     buf[:] = b"XYZ"
     loop.run_once(0)
     assert read_exactly(b, 4) == b"habc"
+
+
+def test_a_closed_loop_holds_nothing_and_keeps_nothing_alive(pairs, counted):
+    import evws
+    (a, b), (c, d) = pairs(2)
+    first = evws.Loop()
+    held = Stream(a, first)
+    write_each([held], b"never flushed", soon=True)
+    assert stream_module._held.get(first) == [held]
+    first.close()   # its turn never ended
+    second = evws.Loop()
+    try:
+        write_each([Stream(c, second)], b"x", soon=True)
+        assert first not in stream_module._held   # forgotten at the next hold
+        assert nothing_more(b)   # what it held was never sent
+        # A stream of a closed loop is written at once.
+        late = Stream(b, first)
+        assert write_each([late], b"now", soon=True) == []
+        assert read_exactly(a, 3) == b"now"
+        second.run_once(0)
+        assert read_exactly(d, 1) == b"x"
+    finally:
+        second.close()
