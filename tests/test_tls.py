@@ -17,7 +17,7 @@ import pytest
 
 import evws
 from evws.reactor.stream import Stream
-from evws.reactor.tls import tls_handshake
+from evws.reactor.tls import TlsSocket, tls_handshake, wrap_server
 from tests import wire
 from tests.certs import self_signed
 from tests.conftest import TIMEOUT, run_until
@@ -94,12 +94,14 @@ def round_trip(loop, conn, payloads):
 def test_wss_round_trip_and_clean_close(loop, tls_echo, client_ctx):
     conn = evws.connect(f"wss://127.0.0.1:{tls_echo.port}/", loop=loop,
                         ssl_context=client_ctx).recv(timeout=TIMEOUT)
-    assert isinstance(conn.stream.sock, ssl.SSLSocket)
+    assert isinstance(conn.stream.sock, TlsSocket)
+    assert conn.stream.sock.version().startswith("TLS")   # SSLSocket's TLS details, delegated
+    assert conn.stream.sock.getpeername()[0] == "127.0.0.1"
     big = bytes(range(256)) * 4096  # 1 MiB: many TLS records, partial writes
     assert round_trip(loop, conn, [b"tls", big, "é" * 70000]) == [
         b"tls", big, "é".encode() * 70000]
     server_conn = tls_echo.outcomes[0]
-    assert isinstance(server_conn.stream.sock, ssl.SSLSocket)
+    assert isinstance(server_conn.stream.sock, TlsSocket)
     conn.close(4000, "done")
     run_until(loop, lambda: conn.finished and server_conn.finished)
     assert conn.close_code == 4000 and conn.close_error is None
@@ -214,7 +216,7 @@ def test_close_sends_close_notify(loop, tls_echo, certs):
     peer = ctx.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False,
                            suppress_ragged_eofs=False)
     try:
-        tls_handshake(peer, loop, timeout=TIMEOUT).recv(timeout=TIMEOUT)
+        ssl_peer_handshake(loop, peer)
         peer.setblocking(True)
         peer.settimeout(0)
         buffer = bytearray()
@@ -247,16 +249,34 @@ def test_close_sends_close_notify(loop, tls_echo, certs):
 # -- the TLS Stream ------------------------------------------------------------------
 
 
-def tls_socketpair(loop, server_ctx, client_ctx):
+def ssl_peer_handshake(loop, peer: ssl.SSLSocket, done=lambda: True) -> None:
+    """Handshake a non-blocking ``ssl.SSLSocket`` peer while the loop runs (the evws end)."""
+    state = {"done": False}
+
+    def step() -> bool:
+        if not state["done"]:
+            try:
+                peer.do_handshake()
+                state["done"] = True
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+        return state["done"] and done()
+
+    run_until(loop, step)
+
+
+def tls_socketpair(loop, server_ctx, client_ctx, raw_class=None):
+    """(server TlsSocket, client ssl.SSLSocket), handshake done: evws's end and a peer."""
     a, b = socket.socketpair()
-    server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    server = wrap_server(a, server_ctx)
+    assert a.fileno() == -1   # taken over, as wrap_socket does
+    if raw_class is not None:
+        server.raw = raw_class(a.family, a.type, a.proto, fileno=server.raw.detach())
     client = client_ctx.wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
-    server.setblocking(False)
     client.setblocking(False)
-    cvs = [tls_handshake(server, loop, timeout=TIMEOUT), tls_handshake(client, loop, timeout=TIMEOUT)]
-    run_until(loop, lambda: all(cv.ready for cv in cvs))
-    for cv in cvs:
-        cv.recv()
+    cv = tls_handshake(server, loop, timeout=TIMEOUT)
+    ssl_peer_handshake(loop, client, lambda: cv.ready)
+    assert cv.recv() is server
     return server, client
 
 
@@ -274,8 +294,8 @@ def test_stream_drains_pending_tls_bytes(loop, server_ctx, client_ctx):
     client.close()
 
 
-class CountingSSLSocket(ssl.SSLSocket):
-    """An SSLSocket that counts its ``recv`` calls and how many would have blocked."""
+class CountingSocket(socket.socket):
+    """A socket that counts its ``recv`` calls and how many would have blocked."""
 
     recvs = 0
     would_block = 0
@@ -284,26 +304,27 @@ class CountingSSLSocket(ssl.SSLSocket):
         self.recvs += 1
         try:
             return super().recv(*args, **kwargs)
-        except ssl.SSLWantReadError:
+        except BlockingIOError:
             self.would_block += 1
             raise
 
 
-def test_stream_reads_a_short_record_with_one_recv(loop, server_ctx, client_ctx):
-    """A message smaller than a record: one recv per message, none that meets "would block"."""
-    server_ctx.sslsocket_class = CountingSSLSocket
-    server, client = tls_socketpair(loop, server_ctx, client_ctx)
-    assert isinstance(server, CountingSSLSocket)
+def test_stream_reads_a_record_with_one_recv(loop, server_ctx, client_ctx):
+    """One recv per message (an SSLSocket makes two: a record's header, then its body),
+    none that meets "would block"."""
+    server, client = tls_socketpair(loop, server_ctx, client_ctx, raw_class=CountingSocket)
     got = []
     stream = Stream(server, loop, on_data=got.append)
     stream.start_reading()
     client.setblocking(True)
-    server.recvs = server.would_block = 0
+    raw = server.raw
+    assert isinstance(raw, CountingSocket)
+    raw.recvs = raw.would_block = 0
     for i in range(5):
         client.sendall(b"m%d" % i * 1000)  # one record each, read before the next is sent
         run_until(loop, lambda n=2000 * (i + 1): sum(map(len, got)) >= n)
     assert b"".join(got) == b"".join(b"m%d" % i * 1000 for i in range(5))
-    assert server.recvs == 5 and server.would_block == 0
+    assert raw.recvs == 5 and raw.would_block == 0
     # Records that wait together in the kernel's buffer are all delivered, in order.
     client.sendall(b"a" * 3000)
     client.sendall(b"b" * 3000)
@@ -314,10 +335,11 @@ def test_stream_reads_a_short_record_with_one_recv(loop, server_ctx, client_ctx)
 
 
 def test_stream_reads_full_records_on_in_one_turn(loop, server_ctx, client_ctx):
-    """Bulk data (full 16 KiB records) is read on up to read_size in one readable event."""
+    """Bulk data (four 16 KiB records) that waits in the kernel: one readable event, one recv
+    (read_size covers it), every record's plaintext delivered at once."""
     server, client = tls_socketpair(loop, server_ctx, client_ctx)
     got = []
-    stream = Stream(server, loop, on_data=got.append, read_size=65536)
+    stream = Stream(server, loop, on_data=got.append, read_size=1 << 17)
     client.setblocking(True)
     client.sendall(b"q" * 65536)  # four full records, all in the kernel's buffer first
     stream.start_reading()

@@ -60,24 +60,23 @@ How it costs nothing on the WebSocket path: the requests live in one object
 made on first use, which stands in for ``on_data`` only while it is needed;
 a stream that never queues a request reads exactly as before.
 
-TLS: ``sock`` may be an ``ssl.SSLSocket`` whose handshake is done (see
-:mod:`evws.reactor.tls`). Three things differ, each for a reason:
+TLS: ``sock`` may be a :class:`~evws.reactor.tls.TlsSocket` whose handshake
+is done (see :mod:`evws.reactor.tls`: OpenSSL over memory BIOs). Then:
 
-- After each read the stream also takes what OpenSSL already decrypted
-  (``pending()``): ``select`` only sees the kernel's buffer, so bytes left
-  in OpenSSL's would wait until the peer happened to send more. It reads
-  further records in the same turn only while they are full-size (bulk
-  data, up to ``read_size``); after a short one the next ``select`` says
-  whether more came.
-- ``SSLWantReadError``/``SSLWantWriteError`` can come from either direction;
-  both just mean "retry later". OpenSSL wants a retried ``SSL_write`` to get
-  the same bytes again, which the write queue does: a chunk leaves the queue
-  only once ``send`` accepted it.
-- Closing sends close_notify first, with a non-blocking ``unwrap()`` (a
-  plain ``shutdown(SHUT_WR)`` would end TCP without it, a truncation to the
-  peer), then shuts down TCP and lingers as usual. After that, what the peer
-  sends is discarded, so ``shutdown_write()`` on a TLS stream also ends
-  delivery of data (TLS has no half-close a peer can rely on).
+- A readable event is one ``recv`` of up to ``read_size`` bytes of
+  ciphertext, fed to OpenSSL, and all the plaintext it yields goes to
+  ``on_data`` at once: nothing stays decrypted out of ``select``'s sight.
+  Application data that came with the handshake's last flight is delivered
+  when reading starts. The peer's close_notify is EOF; so is a bare TCP EOF
+  (as ``ssl.SSLSocket`` treats it by default).
+- :meth:`Stream.write` encrypts first; the queue holds ciphertext, which the
+  kernel may take in any pieces. :meth:`Stream.writev` joins a header and
+  its payload (up to 64 KiB) into one ``SSL_write``: one record, one send.
+- Closing sends close_notify first (a plain ``shutdown(SHUT_WR)`` would end
+  TCP without it, a truncation to the peer), then shuts down TCP and
+  lingers as usual. After that, what the peer sends is discarded, so
+  ``shutdown_write()`` on a TLS stream also ends delivery of data (TLS has
+  no half-close a peer can rely on).
 """
 
 
@@ -94,13 +93,14 @@ from typing import Any, Callable
 from ..errors import LineTooLong
 from ..speedups import c_function
 from .loop import IoWatcher, Loop, Timer, get_loop
+from .tls import TlsSocket
 
 __all__ = ["Stream", "write_each"]
 
 log = logging.getLogger("evws.stream")
 
-# "Try again later", not a failure. SSL ones first: they are OSErrors too.
-_WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
+# "Try again later", not a failure.
+_WAIT = (BlockingIOError, InterruptedError)
 
 # writev() gathers chunks with one sendmsg() where the platform has it
 # (not on Windows), up to this many at a time (POSIX guarantees IOV_MAX >= 16;
@@ -108,8 +108,6 @@ _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, Interrupt
 _SENDMSG = hasattr(socket.socket, "sendmsg")
 # TLS: up to this many bytes of chunks are joined into one write (one record).
 _TLS_JOIN = 65536
-# The largest plaintext a TLS record carries (RFC 8446 5.1, RFC 5246 6.2.1).
-_TLS_RECORD = 16384
 _IOV_MAX = 512
 
 
@@ -146,7 +144,7 @@ class Stream:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | TlsSocket,
         loop: Loop | None = None,
         *,
         on_data: Callable[[bytes], Any] | None = None,
@@ -156,12 +154,14 @@ class Stream:
         read_size: int = 65536,
         linger: float = 2.0,
     ) -> None:
-        if sock.gettimeout() != 0.0:
+        tls = sock if type(sock) is TlsSocket else None
+        raw: socket.socket = sock.raw if tls is not None else sock  # type: ignore[union-attr, assignment]
+        if raw.gettimeout() != 0.0:
             # (An accepted socket from tcp_server is non-blocking already:
             # asking again would cost an ioctl per connection.)
-            sock.setblocking(False)
-        self._sock = sock
-        self._fd = sock.fileno()
+            raw.setblocking(False)
+        self._sock = raw
+        self._fd = raw.fileno()
         self._loop = loop if loop is not None else get_loop()
         self.on_data = on_data
         self.on_eof = on_eof
@@ -186,7 +186,7 @@ class Stream:
         # True): write() tests one flag per message instead of three.
         self._no_write = False
         self._timer: Timer | None = None
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._tls = tls
         #: ``on_drain`` also fires when the queue falls to this many bytes
         #: (from above), not only when it empties; see the module docstring.
         self.low_water = 0
@@ -200,8 +200,9 @@ class Stream:
     # -- properties ------------------------------------------------------
 
     @property
-    def sock(self) -> socket.socket:
-        return self._sock
+    def sock(self) -> socket.socket | TlsSocket:
+        """The socket given (the :class:`~evws.reactor.tls.TlsSocket` on TLS)."""
+        return self._tls if self._tls is not None else self._sock
 
     def fileno(self) -> int:
         """The fd the stream was created with (a method, as on sockets and files)."""
@@ -241,6 +242,9 @@ class Stream:
         if self._rq is not None:
             self._rq.resumed()
         self._update_reader()
+        tls = self._tls
+        if tls is not None and (tls.incoming.pending or tls.ssl_object.pending()):
+            self._loop.call_soon(self._tls_leftover)
 
     def pause_reading(self) -> None:
         """Stop reading (flow control); the kernel buffers, then the peer waits."""
@@ -279,18 +283,23 @@ class Stream:
             return
         eof = not data
         error: OSError | None = None
-        if self._tls and data:
-            data, eof, error = self._read_more_tls(data)
+        if self._tls is not None and data:
+            if self._write_shut:
+                return  # after our close_notify, input is drained unread (see above)
+            data, eof, error = self._decrypt(data)
+            if not data and not eof and error is None:
+                return  # a partial record, or TLS messages with no data in them
         if data:
-            # A TLS stream whose close_notify went out discards input (see above).
-            if (not self._closing and not (self._tls and self._write_shut)
-                    and self.on_data is not None):
+            if not self._closing and self.on_data is not None:
                 self.on_data(data)
             if error is not None:
                 self._teardown(error)
                 return
             if not eof or self._closed:
                 return
+        elif error is not None:
+            self._teardown(error)
+            return
         self._eof = True
         self._update_reader()
         if self._closing:
@@ -359,36 +368,64 @@ class Stream:
         """Bytes received that no read request took yet (say, a partial line at EOF)."""
         return bytes(self._rq.buf) if self._rq is not None else b""
 
-    def _read_more_tls(self, first: bytes) -> tuple[bytes, bool, OSError | None]:
-        """Take decrypted bytes OpenSSL holds, then more records, up to ``read_size``.
+    def _decrypt(self, data: bytes) -> tuple[bytes, bool, OSError | None]:
+        """Feed ciphertext to OpenSSL; take all the plaintext it has.
 
-        Returns ``(data, eof_seen, error)``: an error met after some data
-        is reported with it, so the data is delivered before the stream fails.
+        Returns ``(plaintext, eof_seen, error)``: an error met after some
+        data is reported with it, so the data is delivered before the stream
+        fails. Whatever OpenSSL writes in answer (TLS 1.3 key updates) is sent.
         """
-        sock = self._sock
-        parts = [first]
-        total = last = len(first)
-        # Read on while OpenSSL holds decrypted bytes (select cannot see
-        # them), and while full-size records arrive (a bulk transfer: the
-        # next one is likely there already). After a short record -- the end
-        # of a message, the common case -- stop: another recv would mostly
-        # meet SSLWantReadError, a syscall and an exception per message, and
-        # what is still in the kernel's buffer wakes select again. (Sound
-        # because CPython leaves OpenSSL's read-ahead off: OpenSSL reads one
-        # record at a time and hides nothing else from select.)
-        while sock.pending() or (last >= _TLS_RECORD and total < self.read_size):  # type: ignore[attr-defined]
+        tls = self._tls
+        assert tls is not None
+        if data:
+            tls.incoming.write(data)
+        ssl_object = tls.ssl_object
+        incoming = tls.incoming
+        read = ssl_object.read
+        parts: list[bytes] = []
+        eof = False
+        error: OSError | None = None
+        while True:
             try:
-                more = sock.recv(max(self.read_size - total, sock.pending()))  # type: ignore[attr-defined]
-            except _WAIT:
+                chunk = read(65536)
+            except ssl.SSLWantReadError:
+                break  # the rest of a record is still on its way
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                eof = True  # close_notify (or a truncation, which SSLSocket also reads as EOF)
                 break
-            except OSError as exc:
-                return b"".join(parts), False, exc
-            if not more:
-                return b"".join(parts), True, None
-            parts.append(more)
-            last = len(more)
-            total += last
-        return (first if len(parts) == 1 else b"".join(parts)), False, None
+            except OSError as exc:  # ssl.SSLError: a bad record, a fatal alert
+                error = exc
+                break
+            if not chunk:
+                eof = True
+                break
+            parts.append(chunk)
+            if not incoming.pending and not ssl_object.pending():
+                # Every byte fed was used and handed out: asking again would
+                # only raise SSLWantReadError (an exception per message).
+                break
+        if tls.outgoing.pending and not self._no_write:
+            self._send_raw(tls.outgoing.read())
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), eof, error
+
+    def _tls_leftover(self) -> None:
+        """Deliver what came with the handshake's last flight (select cannot see it)."""
+        if self._closed or self._tls is None or not self._want_read:
+            return
+        tls = self._tls
+        if tls.incoming.pending or tls.ssl_object.pending():
+            data, eof, error = self._decrypt(b"")
+            if data and not self._closing and self.on_data is not None:
+                self.on_data(data)
+            if error is not None:
+                self._teardown(error)
+            elif eof and not self._eof:
+                self._eof = True
+                self._update_reader()
+                if self.on_eof is not None:
+                    self.on_eof()
+                else:
+                    self.close()
 
     # -- writing ---------------------------------------------------------
 
@@ -424,6 +461,11 @@ class Stream:
             self._soon_size += size
             self._above_low = True
             return self._buffered + self._soon_size
+        if self._tls is not None:
+            data = self._encrypt(data)  # from here on the bytes are ciphertext
+            size = len(data)
+            if not size:
+                return self._buffered
         if self._queue:
             self._enqueue(data if type(data) is memoryview else memoryview(data))
             return self._buffered
@@ -440,6 +482,32 @@ class Stream:
             self._enqueue(memoryview(data)[sent:])
         return self._buffered
 
+    def _encrypt(self, data: bytes | memoryview) -> bytes:
+        """TLS: the records of ``data``, as OpenSSL wrote them (b"" if it failed)."""
+        tls = self._tls
+        assert tls is not None
+        try:
+            tls.ssl_object.write(data)
+        except (OSError, ValueError) as exc:  # ssl.SSLError: the TLS state is broken
+            self._teardown(exc if isinstance(exc, OSError) else OSError(str(exc)), defer=True)
+            return b""
+        return tls.outgoing.read()
+
+    def _send_raw(self, data: bytes) -> None:
+        """TLS: send bytes OpenSSL wrote on its own (behind anything queued)."""
+        if self._queue:
+            self._enqueue(memoryview(data))
+            return
+        try:
+            sent = self._sock.send(data)
+        except _WAIT:
+            sent = 0
+        except OSError as exc:
+            self._teardown(exc, defer=True)
+            return
+        if sent < len(data):
+            self._enqueue(memoryview(data)[sent:])
+
     def writev(self, chunks: list[bytes]) -> int:
         """Write ``chunks`` back to back, with one ``sendmsg`` when possible; return as :meth:`write`.
 
@@ -447,7 +515,7 @@ class Stream:
         payload is never copied into a joined buffer), and two ``send`` calls
         would cost a second syscall and a second TCP segment per message:
         about +5 us of CPU per 4 KiB echo on loopback (benchmarks/PROFILE.md,
-        phase 3). On TLS (``SSLSocket`` has no ``sendmsg``) chunks up to
+        phase 3). On TLS (records are made before the send) chunks up to
         ``_TLS_JOIN`` bytes in all are joined and written once: one TLS record
         and one syscall per message instead of one per chunk (a header and
         its payload would otherwise be two records), for the price of copying
@@ -563,23 +631,31 @@ class Stream:
         if self._tls:
             self._send_close_notify()
         try:
-            # socket.socket.shutdown, not SSLSocket.shutdown: the latter would
-            # forget the TLS layer, and reads could no longer be drained.
-            socket.socket.shutdown(self._sock, socket.SHUT_WR)
+            self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             # ENOTCONN: the peer reset meanwhile; the read side will tell.
             log.debug("shutdown(SHUT_WR) on fd %d failed: %r", self._fd, exc)
 
     def _send_close_notify(self) -> None:
         """Send TLS close_notify without blocking (``SHUT_WR`` alone would drop TLS without it)."""
+        tls = self._tls
+        assert tls is not None
         try:
-            self._sock.unwrap()  # type: ignore[attr-defined]
+            tls.ssl_object.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            # Sent; OpenSSL would now like the peer's close_notify, which
+            # Written; OpenSSL would now like the peer's close_notify, which
             # the lingering read below drains (or the timer gives up on).
             pass
         except (OSError, ValueError) as exc:
-            log.debug("fd %d: TLS close_notify not sent: %r", self._fd, exc)
+            log.debug("fd %d: TLS close_notify not made: %r", self._fd, exc)
+        alert = tls.outgoing.read()
+        if alert:
+            # The queue is empty here (shutdown waits for it), and the alert is
+            # a few dozen bytes: the kernel takes it, or the peer is gone.
+            try:
+                self._sock.send(alert)
+            except OSError as exc:
+                log.debug("fd %d: TLS close_notify not sent: %r", self._fd, exc)
 
     # -- closing ---------------------------------------------------------
 
@@ -637,6 +713,8 @@ class Stream:
         """
         if self._closed:
             raise ValueError("stream is closed")
+        if self._tls is not None:
+            raise ValueError("a TLS stream cannot be detached (its TLS state would be lost)")
         if self._soon is not None:
             self._send_soon()
         if self._queue:
@@ -761,7 +839,8 @@ def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> lis
     queued: list[tuple[int, int]] = []
     plain = socket.socket
     for index, stream in enumerate(streams):
-        if stream._queue or stream._no_write or type(stream._sock) is not plain:
+        if (stream._queue or stream._no_write or stream._tls is not None
+                or type(stream._sock) is not plain):
             # The general path. A stream listed again stays on it: its queue
             # only grows, and _no_write and the socket never change back.
             try:
@@ -803,7 +882,8 @@ def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
         if soon is not None:
             soon.append(data)
             stream._soon_size += size
-        elif stream._queue or stream._no_write or type(stream._sock) is not plain:
+        elif (stream._queue or stream._no_write or stream._tls is not None
+              or type(stream._sock) is not plain):
             try:
                 buffered = stream.write(data)
             except BrokenPipeError:
