@@ -669,27 +669,23 @@ def _tables(names: list[str], work: list, results: dict, a: argparse.Namespace) 
                 cell = f"{v:,.0f}" + (f" ({ref / v:.2f}x)" if ref and name != base else "")
             row.append(cell + (f" err={bad}" if bad else ""))
         out.append("| " + " | ".join(row) + " |")
-    out += ["\nserver CPU microseconds per round trip (lower is better)\n", head, rule]
-    for kind, c, s in work:
-        if kind != "rt":
-            continue
-        key = f"{c} x {fmt_size(s)}"
-        row = [key]
-        for name in names:
-            runs = results.get((name, key), [])
-            rate, cpu = _median(runs, "rt_per_s"), _median(runs, "server_cpu")
-            row.append(f"{cpu / rate * 1e6:.1f}" if rate and cpu is not None else "-")
-        out.append("| " + " | ".join(row) + " |")
-    out += ["\nserver CPU in the kernel, % of the server's CPU time (the rest is user space)\n", head, rule]
-    for kind, c, s in work:
-        if kind != "rt":
-            continue
-        key = f"{c} x {fmt_size(s)}"
-        share_row = [key]
-        for name in names:
-            share = kernel_share(results.get((name, key), []))
-            share_row.append("-" if share is None else f"{share:.0f}")
-        out.append("| " + " | ".join(share_row) + " |")
+    def cpu_text(runs: list[dict]) -> str:
+        rate, cpu = _median(runs, "rt_per_s"), _median(runs, "server_cpu")
+        return f"{cpu / rate * 1e6:.1f}" if rate and cpu is not None else "-"
+
+    def share_text(runs: list[dict]) -> str:
+        share = kernel_share(runs)
+        return "-" if share is None else f"{share:.0f}"
+
+    for title, text in (("server CPU microseconds per round trip (lower is better)", cpu_text),
+                        ("server CPU in the kernel, % of the server's CPU time (the rest is user space)",
+                         share_text)):
+        out += [f"\n{title}\n", head, rule]
+        for kind, c, s in work:
+            if kind == "rt":
+                key = f"{c} x {fmt_size(s)}"
+                cells = [text(results.get((name, key), [])) for name in names]
+                out.append("| " + " | ".join([key, *cells]) + " |")
     if a.rounds > 1 and len(names) > 1:
         out += [f"\nper round: {base} / server within each round (servers run back to back): "
                 f"median [lowest - highest], rounds where {base} was faster\n",

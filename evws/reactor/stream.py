@@ -462,10 +462,8 @@ class Stream:
             self._above_low = True
             return self._buffered + self._soon_size
         if self._tls is not None:
-            data = self._encrypt(data)  # from here on the bytes are ciphertext
-            size = len(data)
-            if not size:
-                return self._buffered
+            self._send_raw(self._encrypt(data))
+            return self._buffered
         if self._queue:
             self._enqueue(data if type(data) is memoryview else memoryview(data))
             return self._buffered
@@ -494,7 +492,14 @@ class Stream:
         return tls.outgoing.read()
 
     def _send_raw(self, data: bytes) -> None:
-        """TLS: send bytes OpenSSL wrote on its own (behind anything queued)."""
+        """TLS: send ciphertext, behind anything queued.
+
+        The tail of :meth:`write` for TLS, and for what OpenSSL writes on its
+        own; the plain-socket path of :meth:`write` keeps the same few lines
+        inline (one call less per message).
+        """
+        if not data:
+            return
         if self._queue:
             self._enqueue(memoryview(data))
             return
@@ -843,25 +848,26 @@ def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> lis
                 or type(stream._sock) is not plain):
             # The general path. A stream listed again stays on it: its queue
             # only grows, and _no_write and the socket never change back.
-            try:
-                buffered = stream.write(data)
-            except BrokenPipeError:
-                continue
-            if buffered:
-                queued.append((index, buffered))
+            _write_noting(stream, data, index, queued)
         else:
             fds.append(stream._fd)
             direct.append(index)
     if fds:
         for position, sent in _send_each(fds, data):
             index = direct[position]
-            try:
-                buffered = streams[index].write(memoryview(data)[sent:] if sent else data)
-            except BrokenPipeError:
-                continue
-            if buffered:
-                queued.append((index, buffered))
+            _write_noting(streams[index], memoryview(data)[sent:] if sent else data, index, queued)
     return sorted(queued) if len(queued) > 1 else queued
+
+
+def _write_noting(stream: Stream, data: bytes | memoryview, index: int,
+                  queued: list[tuple[int, int]]) -> None:
+    """``stream.write(data)`` on write_each's general path; note ``(index, buffered)`` if it queued."""
+    try:
+        buffered = stream.write(data)
+    except BrokenPipeError:
+        return  # closing or failed: passed over
+    if buffered:
+        queued.append((index, buffered))
 
 
 # Streams holding bytes until the end of the turn, per loop (write_each(..., soon=True)).
@@ -884,12 +890,7 @@ def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
             stream._soon_size += size
         elif (stream._queue or stream._no_write or stream._tls is not None
               or type(stream._sock) is not plain):
-            try:
-                buffered = stream.write(data)
-            except BrokenPipeError:
-                continue
-            if buffered:
-                queued.append((index, buffered))
+            _write_noting(stream, data, index, queued)
         else:
             if stream._loop is not loop:
                 loop = stream._loop
@@ -897,12 +898,7 @@ def _hold_each(streams: list[Stream], data: bytes) -> list[tuple[int, int]]:
                 if held is None:
                     held = _held_for(loop)
             if held is None:  # a closed loop has no turn to end: write now
-                try:
-                    buffered = stream.write(data)
-                except BrokenPipeError:
-                    continue
-                if buffered:
-                    queued.append((index, buffered))
+                _write_noting(stream, data, index, queued)
                 continue
             stream._soon = [data]
             stream._soon_size = size
