@@ -462,8 +462,15 @@ class Stream:
             self._above_low = True
             return self._buffered + self._soon_size
         if self._tls is not None:
-            self._send_raw(self._encrypt(data))
-            return self._buffered
+            # Encrypt; from here on the bytes are the records OpenSSL wrote.
+            tls = self._tls
+            try:
+                tls.ssl_object.write(data)
+            except (OSError, ValueError) as exc:  # ssl.SSLError: the TLS state is broken
+                self._teardown(exc if isinstance(exc, OSError) else OSError(str(exc)), defer=True)
+                return self._buffered
+            data = tls.outgoing.read()
+            size = len(data)
         if self._queue:
             self._enqueue(data if type(data) is memoryview else memoryview(data))
             return self._buffered
@@ -480,26 +487,12 @@ class Stream:
             self._enqueue(memoryview(data)[sent:])
         return self._buffered
 
-    def _encrypt(self, data: bytes | memoryview) -> bytes:
-        """TLS: the records of ``data``, as OpenSSL wrote them (b"" if it failed)."""
-        tls = self._tls
-        assert tls is not None
-        try:
-            tls.ssl_object.write(data)
-        except (OSError, ValueError) as exc:  # ssl.SSLError: the TLS state is broken
-            self._teardown(exc if isinstance(exc, OSError) else OSError(str(exc)), defer=True)
-            return b""
-        return tls.outgoing.read()
-
     def _send_raw(self, data: bytes) -> None:
-        """TLS: send ciphertext, behind anything queued.
+        """TLS: send what OpenSSL wrote on its own (a key update), behind anything queued.
 
-        The tail of :meth:`write` for TLS, and for what OpenSSL writes on its
-        own; the plain-socket path of :meth:`write` keeps the same few lines
-        inline (one call less per message).
+        The tail of :meth:`write`, which keeps the same few lines inline
+        (the per-message path: one call less).
         """
-        if not data:
-            return
         if self._queue:
             self._enqueue(memoryview(data))
             return
