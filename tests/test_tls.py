@@ -531,3 +531,35 @@ def test_writev_on_tls_is_one_record_per_message(loop, server_ctx, client_ctx):
     assert _raw_records(client.fileno()) == [23]  # one application_data record
     stream.abort()
     client.close()
+
+
+def test_data_that_came_with_the_handshake_is_delivered(loop, server_ctx, client_ctx):
+    """The client's first bytes right behind its Finished: read with it during the handshake,
+    they wait in OpenSSL's incoming BIO (select cannot see them) and reach on_data once the
+    stream starts reading."""
+    a, b = socket.socketpair()
+    server = wrap_server(a, server_ctx)
+    client = client_ctx.wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
+    client.setblocking(False)
+    cv = tls_handshake(server, loop, timeout=TIMEOUT)
+    sent = []
+
+    def step() -> bool:
+        if not sent:
+            try:
+                client.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return False
+            client.send(b"early data")   # before the server has run again
+            sent.append(True)
+        return cv.ready
+
+    run_until(loop, step)
+    assert cv.recv() is server
+    assert server.incoming.pending or server.ssl_object.pending()   # it did come with the handshake
+    got = []
+    stream = Stream(server, loop, on_data=got.append)
+    stream.start_reading()
+    run_until(loop, lambda: b"".join(got) == b"early data")
+    stream.abort()
+    client.close()
