@@ -563,3 +563,20 @@ def test_data_that_came_with_the_handshake_is_delivered(loop, server_ctx, client
     run_until(loop, lambda: b"".join(got) == b"early data")
     stream.abort()
     client.close()
+
+
+def test_a_corrupt_record_fails_the_stream_with_the_ssl_error(loop, server_ctx, client_ctx):
+    server, client = tls_socketpair(loop, server_ctx, client_ctx)
+    closed = []
+    got = []
+    stream = Stream(server, loop, on_data=got.append, on_close=closed.append)
+    stream.start_reading()
+    client.setblocking(True)
+    client.sendall(b"fine")
+    run_until(loop, lambda: got == [b"fine"])
+    # An application_data record of garbage, under the TLS layer: its MAC cannot check out.
+    os.write(client.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    run_until(loop, lambda: closed)
+    assert isinstance(closed[0], ssl.SSLError) and stream.closed
+    assert got == [b"fine"]
+    client.close()
