@@ -178,8 +178,8 @@ def broadcast(
         if not conn.is_write_open:
             continue
         high = conn.high_water
-        # backlog: what the kernel refused; bytes only held for the next
-        # turn (the frames of this turn's earlier broadcasts) do not count.
+        # backlog: what the kernel refused; bytes only held until the end of
+        # the turn (the frames of this turn's earlier broadcasts) do not count.
         if high is not None and conn.stream.backlog >= high:
             if close:
                 log.debug("%r is %d bytes behind: closing it with %d",

@@ -819,8 +819,7 @@ class WebSocketProtocol:
                 return _SHORT_HEADS[opcode][n] + payload
             if n < _SEPARATE_PAYLOAD:
                 return _pack_head16(0x80 | opcode, 126, n) + payload
-            return [_pack_head16(0x80 | opcode, 126, n) if n < 0x10000 else frame_header(opcode, n),
-                    payload]
+            return [frame_header(opcode, n), payload]  # large: the header's cost is nothing
         self.send_message(payload, opcode)
         return None
 

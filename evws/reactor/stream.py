@@ -281,25 +281,22 @@ class Stream:
             if not self._closing and self.on_data is not None:
                 self.on_data(data)
             return
-        eof = not data
-        error: OSError | None = None
         if self._tls is not None and data:
             if self._write_shut:
                 return  # after our close_notify, input is drained unread (see above)
-            data, eof, error = self._decrypt(data)
-            if not data and not eof and error is None:
-                return  # a partial record, or TLS messages with no data in them
-        if data:
-            if not self._closing and self.on_data is not None:
-                self.on_data(data)
-            if error is not None:
-                self._teardown(error)
-                return
-            if not eof or self._closed:
-                return
-        elif error is not None:
+            self._take(*self._decrypt(data))
+        else:
+            self._take(data, not data, None)
+
+    def _take(self, data: bytes, eof: bool, error: OSError | None) -> None:
+        """What a read brought, in order: the data, then the error or the EOF (if any)."""
+        if data and not self._closing and self.on_data is not None:
+            self.on_data(data)
+        if error is not None:
             self._teardown(error)
             return
+        if not eof or self._closed:
+            return  # (TLS: a partial record, or records with no data in them)
         self._eof = True
         self._update_reader()
         if self._closing:
@@ -377,10 +374,10 @@ class Stream:
         """
         tls = self._tls
         assert tls is not None
-        if data:
-            tls.incoming.write(data)
         ssl_object = tls.ssl_object
         incoming = tls.incoming
+        if data:
+            incoming.write(data)
         read = ssl_object.read
         parts: list[bytes] = []
         eof = False
@@ -405,7 +402,9 @@ class Stream:
                 # only raise SSLWantReadError (an exception per message).
                 break
         if tls.outgoing.pending and not self._no_write:
-            self._send_raw(tls.outgoing.read())
+            # OpenSSL answered on its own (a TLS 1.3 key update): behind anything
+            # queued; the write watcher sends it.
+            self._enqueue(memoryview(tls.outgoing.read()))
         return (parts[0] if len(parts) == 1 else b"".join(parts)), eof, error
 
     def _tls_leftover(self) -> None:
@@ -414,18 +413,7 @@ class Stream:
             return
         tls = self._tls
         if tls.incoming.pending or tls.ssl_object.pending():
-            data, eof, error = self._decrypt(b"")
-            if data and not self._closing and self.on_data is not None:
-                self.on_data(data)
-            if error is not None:
-                self._teardown(error)
-            elif eof and not self._eof:
-                self._eof = True
-                self._update_reader()
-                if self.on_eof is not None:
-                    self.on_eof()
-                else:
-                    self.close()
+            self._take(*self._decrypt(b""))
 
     # -- writing ---------------------------------------------------------
 
@@ -486,25 +474,6 @@ class Stream:
         if sent < size:
             self._enqueue(memoryview(data)[sent:])
         return self._buffered
-
-    def _send_raw(self, data: bytes) -> None:
-        """TLS: send what OpenSSL wrote on its own (a key update), behind anything queued.
-
-        The tail of :meth:`write`, which keeps the same few lines inline
-        (the per-message path: one call less).
-        """
-        if self._queue:
-            self._enqueue(memoryview(data))
-            return
-        try:
-            sent = self._sock.send(data)
-        except _WAIT:
-            sent = 0
-        except OSError as exc:
-            self._teardown(exc, defer=True)
-            return
-        if sent < len(data):
-            self._enqueue(memoryview(data)[sent:])
 
     def writev(self, chunks: list[bytes]) -> int:
         """Write ``chunks`` back to back, with one ``sendmsg`` when possible; return as :meth:`write`.
@@ -926,16 +895,15 @@ def _send_held(loop: Loop) -> None:
     owners (``on_drain``), who may write again.
     """
     groups: dict[int | tuple[int, ...], tuple[bytes, list[Stream]]] = {}
-    general: list[tuple[Stream, list[bytes]]] = []
     for stream in _held.pop(loop, ()):
         held = stream._soon
         if held is None:
             continue  # written out by close()/shutdown_write(), or torn down
+        # Still held, so nothing is queued and writing is open: a stream is
+        # held only then, and write(), close(), shutdown_write() and
+        # teardown all take its held bytes first.
         stream._soon = None
         stream._soon_size = 0
-        if stream._queue or stream._no_write:
-            general.append((stream, held))
-            continue
         key = id(held[0]) if len(held) == 1 else tuple(map(id, held))
         group = groups.get(key)
         if group is None:
@@ -951,12 +919,6 @@ def _send_held(loop: Loop) -> None:
             stream.write(rest)
         except BrokenPipeError:
             pass
-    for stream, held in general:
-        for chunk in held:
-            try:
-                stream.write(chunk)
-            except BrokenPipeError:
-                break
     for _data, members in groups.values():
         for stream in members:
             # Only an owner whose write() returned a count with held bytes

@@ -54,7 +54,7 @@ class TlsSocket:
         incoming, outgoing: the ``ssl.MemoryBIO`` s between the two.
     """
 
-    __slots__ = ("raw", "ssl_object", "incoming", "outgoing", "_unsent")
+    __slots__ = ("raw", "ssl_object", "incoming", "outgoing")
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None) -> None:
@@ -69,8 +69,6 @@ class TlsSocket:
         self.outgoing = ssl.MemoryBIO()
         self.ssl_object = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
                                        server_hostname=server_hostname)
-        # Handshake bytes the kernel did not take yet (see tls_handshake).
-        self._unsent = b""
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not defined here: TLS details, then socket methods.
@@ -127,12 +125,13 @@ def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, server_hostname: str |
 class _Handshaker:
     """Drives ``do_handshake``: what OpenSSL writes goes out, what the peer sends comes in."""
 
-    __slots__ = ("loop", "sock", "cv", "watcher", "mode", "timer")
+    __slots__ = ("loop", "sock", "cv", "watcher", "mode", "timer", "unsent")
 
     def __init__(self, loop: Loop, sock: TlsSocket, cv: CondVar) -> None:
         self.loop = loop
         self.sock = sock
         self.cv = cv
+        self.unsent = b""  # handshake bytes the kernel did not take yet
         self.watcher: IoWatcher | None = None
         self.mode = ""
         self.timer: Timer | None = None
@@ -166,14 +165,14 @@ class _Handshaker:
     def flush(self) -> bool:
         """Send what OpenSSL wrote; True once nothing is left unsent."""
         tls = self.sock
-        data = tls._unsent + tls.outgoing.read()
+        data = self.unsent + tls.outgoing.read()
         if data:
             try:
                 sent = tls.raw.send(data)
             except _WAIT:
                 sent = 0
-            tls._unsent = data[sent:]
-        return not tls._unsent
+            self.unsent = data[sent:]
+        return not self.unsent
 
     def readable(self) -> None:
         tls = self.sock
