@@ -806,10 +806,11 @@ def write_each(streams: list[Stream], data: bytes, *, soon: bool = False) -> lis
     queued: list[tuple[int, int]] = []
     plain = socket.socket
     for index, stream in enumerate(streams):
-        if (stream._queue or stream._no_write or stream._tls is not None
-                or type(stream._sock) is not plain):
-            # The general path. A stream listed again stays on it: its queue
-            # only grows, and _no_write and the socket never change back.
+        if (stream._queue or stream._no_write or stream._soon is not None
+                or stream._tls is not None or type(stream._sock) is not plain):
+            # The general path (write() also joins bytes held for the end of
+            # the turn). A stream listed again stays on it: its queue only
+            # grows, and _no_write and the socket never change back.
             _write_noting(stream, data, index, queued)
         else:
             fds.append(stream._fd)

@@ -323,3 +323,17 @@ def test_a_closed_loop_holds_nothing_and_keeps_nothing_alive(pairs, counted):
         assert read_exactly(d, 1) == b"x"
     finally:
         second.close()
+
+
+def test_write_each_now_goes_behind_what_a_stream_holds(loop, pairs, counted):
+    """write_each(soon=False) to a stream holding bytes for the end of the turn joins them, in
+    order, instead of overtaking them through the C loop."""
+    (a, b), (c, d) = pairs(2)
+    held, plain = Stream(a, loop), Stream(c, loop)
+    write_each([held], b"first.", soon=True)
+    # The held stream takes the general path, so its count (held bytes included) is reported.
+    assert write_each([held, plain], b"second.") == [(0, 13)]
+    assert read_exactly(d, 7) == b"second."   # not held: sent at once
+    assert nothing_more(b)
+    loop.run_once(0)
+    assert read_exactly(b, 13) == b"first.second."
